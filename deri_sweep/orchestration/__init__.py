@@ -1,0 +1,1 @@
+"""deri_sweep/orchestration."""
