@@ -16,7 +16,18 @@ import numpy as np
 
 #: The project's lead order. Readers map leads BY NAME into this order.
 CANONICAL_LEADS: tuple[str, ...] = (
-    "I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6",
+    "I",
+    "II",
+    "III",
+    "aVR",
+    "aVL",
+    "aVF",
+    "V1",
+    "V2",
+    "V3",
+    "V4",
+    "V5",
+    "V6",
 )
 
 #: Target sampling rate (Hz) and length (samples) of every record.

@@ -170,7 +170,8 @@ def conform(
     x, n_bad, dead = repair_nonfinite(x)
     if n_bad > options.max_nonfinite_fraction * x.size:
         raise RecordError(
-            "nonfinite", f"{source}: {n_bad} of {x.size} samples are NaN/inf (limit {options.max_nonfinite_fraction:.0%})"
+            "nonfinite",
+            f"{source}: {n_bad} of {x.size} samples are NaN/inf (limit {options.max_nonfinite_fraction:.0%})",
         )
     if not options.allow_flat_leads:
         flat = [CANONICAL_LEADS[i] for i in np.flatnonzero((np.ptp(x, axis=1) < 1e-6) & ~dead)]

@@ -1,0 +1,190 @@
+"""Read a prepared signal cache: fast random-access batches for training.
+
+A cache directory (written by :mod:`deri_sweep.data.prepare`) holds::
+
+    cache.json            settings, counts, label sets; "complete": true when done
+    index.parquet         one row per usable record: record_id, subject_id, split,
+                          shard, row, report_id (-1: none), repaired, degraded,
+                          fs, n_samples, meta (JSON) and one uint8 column per
+                          class named "<label set>/<class>"
+    reports.parquet       report_id (int64), text: unique report texts
+    skipped.csv           record_id, reason, detail: every record not used
+    shards/shard_00000.npy  int16 (n, 12, length), microvolts (gain 1000/mV)
+
+Signals are memory-mapped, so a batch read touches only the rows it needs.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from deri_sweep.data.signal import NormMode
+
+CACHE_VERSION = 1
+GAIN_PER_MV = 1000.0  # int16 units per mV in the shards
+
+
+class CacheError(RuntimeError):
+    """A cache that is missing, incomplete or built with other settings."""
+
+
+def label_column(label_set: str, name: str) -> str:
+    """Name of the index column holding 0/1 for one class of one label set."""
+    return f"{label_set}/{name}"
+
+
+@dataclass
+class SignalCache:
+    """An opened cache directory.
+
+    Attributes:
+        root: the cache directory.
+        info: parsed ``cache.json``.
+        index: the index table (one row per usable record).
+    """
+
+    root: Path
+    info: dict[str, Any]
+    index: pd.DataFrame
+
+    @classmethod
+    def open(cls, root: str | Path) -> SignalCache:
+        """Open a complete cache.
+
+        Raises:
+            CacheError: no cache there, or an unfinished build (names the fix).
+        """
+        root = Path(root)
+        meta = root / "cache.json"
+        if not meta.exists():
+            raise CacheError(
+                f"{root}: not a deri-sweep cache (no cache.json); build one with "
+                "`python -m deri_sweep.data.prepare ROOT --format FORMAT --out {root}`"
+            )
+        info = json.loads(meta.read_text())
+        if not info.get("complete"):
+            raise CacheError(f"{root}: cache build did not finish; rerun the same prepare command to resume it")
+        index = pd.read_parquet(root / "index.parquet")
+        return cls(root=root, info=info, index=index)
+
+    def __post_init__(self) -> None:
+        self._shards: dict[int, np.ndarray] = {}
+        self._shard = self.index["shard"].to_numpy(np.int64)
+        self._row = self.index["row"].to_numpy(np.int64)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @property
+    def label_sets(self) -> dict[str, list[str]]:
+        """Label set name -> ordered class names."""
+        return {k: list(v) for k, v in self.info["label_sets"].items()}
+
+    def shard(self, number: int) -> np.ndarray:
+        """Memory-mapped int16 shard ``number``: (n, 12, length)."""
+        if number not in self._shards:
+            self._shards[number] = np.load(self.root / "shards" / f"shard_{number:05d}.npy", mmap_mode="r")
+        return self._shards[number]
+
+    def raw(self, rows: np.ndarray) -> np.ndarray:
+        """int16 signals of index rows, in the order given.
+
+        Args:
+            rows: (B,) positional row numbers into :attr:`index`.
+
+        Returns:
+            (B, 12, length) int16 array (microvolts).
+        """
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.empty((len(rows), 12, int(self.info["signal"]["length"])), dtype=np.int16)
+        shards = self._shard[rows]
+        for number in np.unique(shards):
+            pick = np.flatnonzero(shards == number)
+            within = self._row[rows[pick]]
+            order = np.argsort(within, kind="stable")  # ascending rows read the memmap sequentially
+            out[pick[order]] = self.shard(int(number))[within[order]]
+        return out
+
+    def signals(self, rows: np.ndarray, norm: NormMode = "minmax_record") -> torch.Tensor:
+        """Normalised float32 signals of index rows.
+
+        Args:
+            rows: (B,) positional row numbers.
+            norm: normalisation (spec section 1).
+
+        Returns:
+            (B, 12, length) float32 tensor.
+        """
+        x = torch.from_numpy(self.raw(rows)).float()  # (B, 12, L) microvolts
+        if norm == "minmax_record":
+            lo = x.amin(dim=(1, 2), keepdim=True)
+            hi = x.amax(dim=(1, 2), keepdim=True)
+            return (x - lo) / (hi - lo).clamp_min(1e-3)
+        if norm == "zscore_lead":
+            mu = x.mean(dim=2, keepdim=True)
+            sd = x.std(dim=2, keepdim=True)
+            return (x - mu) / sd.clamp_min(1e-3)
+        if norm == "none":
+            return x / GAIN_PER_MV
+        raise ValueError(f"unknown normalisation {norm!r}; choose minmax_record, zscore_lead or none")
+
+    def labels(self, label_set: str) -> np.ndarray:
+        """(N, C) uint8 label matrix of one label set, columns in class order."""
+        if label_set not in self.info["label_sets"]:
+            raise KeyError(f"{self.root}: no label set {label_set!r}; has {sorted(self.info['label_sets'])}")
+        cols = [label_column(label_set, c) for c in self.info["label_sets"][label_set]]
+        return self.index[cols].to_numpy(np.uint8)
+
+    def reports(self) -> pd.DataFrame:
+        """Unique report texts: columns ``report_id``, ``text``."""
+        return pd.read_parquet(self.root / "reports.parquet")
+
+    def skipped(self) -> pd.DataFrame:
+        """Every record not used, with its reason and detail."""
+        return pd.read_csv(self.root / "skipped.csv", dtype=str, keep_default_na=False)
+
+
+def keep_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``collate_fn`` for :class:`CacheDataset`: its batches are already stacked."""
+    return batch
+
+
+class CacheDataset(torch.utils.data.Dataset):
+    """Torch dataset over some rows of a cache, fetching whole batches at once.
+
+    ``DataLoader`` calls :meth:`__getitems__` with a batch of indices, so one
+    memmap gather serves the whole batch; pass ``collate_fn=keep_batch``.
+
+    Args:
+        cache: the opened cache.
+        rows: positional index rows in this dataset (e.g. the train split).
+        norm: normalisation mode.
+    """
+
+    def __init__(self, cache: SignalCache, rows: np.ndarray, norm: NormMode = "minmax_record") -> None:
+        self.cache = cache
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self.norm = norm
+        self.report_ids = cache.index["report_id"].to_numpy(np.int64)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {k: v[0] for k, v in self.__getitems__([i]).items()}
+
+    def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        """One batch: ``ecg`` (B, 12, L) float32, ``report_id`` (B,) int64, ``row`` (B,) int64."""
+        rows = self.rows[np.asarray(indices, dtype=np.int64)]
+        return {
+            "ecg": self.cache.signals(rows, self.norm),
+            "report_id": torch.from_numpy(self.report_ids[rows]),
+            "row": torch.from_numpy(rows),
+        }
