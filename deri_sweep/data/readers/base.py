@@ -1,0 +1,219 @@
+"""The reader interface and the helpers every dataset reader shares.
+
+A reader turns one dataset's folder, exactly as released, into
+:class:`~deri_sweep.data.record.Record` objects. Readers hold only plain data
+(paths, dicts, tuples), never open files, so they pickle to worker processes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from deri_sweep.data.record import Record, RecordError
+from deri_sweep.data.signal import SignalOptions, conform
+from deri_sweep.data.wfdb_io import Header, parse_header, read_signal
+
+log = logging.getLogger(__name__)
+
+
+class DatasetError(Exception):
+    """A dataset root that is missing or is not in the expected format.
+
+    The message names the root, the file that was expected and how to fix it.
+    """
+
+
+class Reader(ABC):
+    """Reads the records of one dataset.
+
+    Attributes:
+        format: the format name used by :func:`~deri_sweep.data.readers.open_reader`.
+        root: the dataset folder.
+        options: how signals are conformed (rate, length, policies).
+    """
+
+    format: ClassVar[str]
+
+    def __init__(self, root: str | Path, options: SignalOptions = SignalOptions()) -> None:  # noqa: B008
+        self.root = Path(root).expanduser()
+        self.options = options
+        if not self.root.is_dir():
+            raise DatasetError(f"{self.root}: dataset root not found (format {self.format!r}); {self._download_hint()}")
+
+    @property
+    @abstractmethod
+    def label_sets(self) -> dict[str, tuple[str, ...]]:
+        """Label-set name -> ordered class names (``{}`` for unlabelled data)."""
+
+    @abstractmethod
+    def keys(self) -> list[str]:
+        """Every record found, in a stable sorted order (no signal is read)."""
+
+    @abstractmethod
+    def read(self, key: str) -> Record:
+        """Read one record.
+
+        Args:
+            key: one of :meth:`keys`.
+
+        Returns:
+            The record with a (12, options.length) float32 signal.
+
+        Raises:
+            RecordError: with a named reason and the file concerned.
+            KeyError: for a key this reader does not know.
+        """
+
+    def _download_hint(self) -> str:
+        return "check the path"
+
+    def _require(self, name: str, fix: str) -> Path:
+        """Return ``root/name`` or raise a DatasetError naming it and the fix."""
+        path = self.root / name
+        if not path.exists():
+            raise DatasetError(f"{self.root}: no {name} here, so this is not a {self.format} root; {fix}")
+        return path
+
+    def __len__(self) -> int:
+        return len(self.keys())
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(root={str(self.root)!r}, options={self.options!r})"
+
+
+def parse_age(value: Any) -> int | None:
+    """Parse an age field (``"74"``, ``"56.0"``, ``"NaN"``, ``""``) into an int or ``None``."""
+    if value is None:
+        return None
+    if isinstance(value, np.ndarray):
+        value = value.ravel()[0] if value.size else None
+        return parse_age(value)
+    try:
+        number = float(str(value).strip())
+    except ValueError:
+        return None
+    return round(number) if math.isfinite(number) and number >= 0 else None
+
+
+def parse_sex(value: Any) -> str | None:
+    """Normalise a sex field to ``"Male"``, ``"Female"`` or ``None``."""
+    if isinstance(value, np.ndarray):
+        value = value.ravel()[0] if value.size else None
+    text = str(value).strip().lower() if value is not None else ""
+    if text in ("male", "m"):
+        return "Male"
+    if text in ("female", "f"):
+        return "Female"
+    return None
+
+
+def split_codes(text: str | None) -> list[str]:
+    """Split a ``#Dx`` value into codes, tolerating spaces and empty items.
+
+    Args:
+        text: e.g. ``"164889003,59118001,"`` or ``"AF,,RBBB"``.
+
+    Returns:
+        The distinct non-empty codes in their written order.
+    """
+    codes: list[str] = []
+    for token in (text or "").split(","):
+        token = token.strip()
+        if token and token not in codes:
+            codes.append(token)
+    return codes
+
+
+def header_meta(header: Header) -> dict[str, Any]:
+    """Age and sex from a header's comments (``#Age:``/``# Age:``, ``#Sex:``)."""
+    return {"age": parse_age(header.comments.get("age")), "sex": parse_sex(header.comments.get("sex"))}
+
+
+def conform_record(
+    signal: np.ndarray,
+    lead_names: list[str],
+    fs: float,
+    options: SignalOptions,
+    source: str,
+    record_id: str,
+    **fields: Any,
+) -> Record:
+    """Conform a raw signal and wrap it into a :class:`Record`.
+
+    Args:
+        signal: (L, N) raw samples in mV, rows named by ``lead_names``.
+        lead_names: lead names in row order.
+        fs: sampling rate of ``signal`` in Hz.
+        options: target rate, length and policies.
+        source: file name used in error messages.
+        record_id: the dataset's own id.
+        **fields: further :class:`Record` fields (labels, report, subject_id, meta).
+
+    Returns:
+        The record, signal (12, options.length) float32.
+    """
+    x, repaired, degraded = conform(signal, lead_names, fs, options, source)
+    if repaired:
+        log.debug("%s: repaired %d non-finite samples (degraded=%s)", source, repaired, degraded)
+    return Record(
+        record_id=record_id,
+        signal=x,
+        fs=float(fs),
+        n_samples=int(signal.shape[1]),
+        repaired=repaired,
+        degraded=degraded,
+        **fields,
+    )
+
+
+def read_wfdb(path: Path, options: SignalOptions, record_id: str, **fields: Any) -> Record:
+    """Read a WFDB record (header + signal) into a conformed :class:`Record`.
+
+    Age and sex from the header's comments are added to ``meta`` unless
+    ``fields["meta"]`` already holds them.
+
+    Args:
+        path: the ``.hea`` file.
+        options: target rate, length and policies.
+        record_id: the dataset's own id.
+        **fields: further :class:`Record` fields.
+
+    Returns:
+        The record, signal (12, options.length) float32.
+    """
+    header = parse_header(path)
+    return record_from_header(header, options, record_id, **fields)
+
+
+def record_from_header(header: Header, options: SignalOptions, record_id: str, **fields: Any) -> Record:
+    """Like :func:`read_wfdb` for an already parsed header."""
+    signal = read_signal(header)
+    meta = {**header_meta(header), **fields.pop("meta", {})}
+    source = str(header.path)
+    return conform_record(signal, header.lead_names, header.fs, options, source, record_id, meta=meta, **fields)
+
+
+def unknown_key(reader: Reader, key: str) -> KeyError:
+    """The KeyError raised for a key a reader does not have."""
+    return KeyError(f"{key!r} is not a record of the {reader.format} dataset at {reader.root}")
+
+
+__all__ = [
+    "DatasetError",
+    "Reader",
+    "RecordError",
+    "conform_record",
+    "header_meta",
+    "parse_age",
+    "parse_sex",
+    "read_wfdb",
+    "record_from_header",
+    "split_codes",
+    "unknown_key",
+]

@@ -1,0 +1,222 @@
+"""PTB-XL v1.0.3: four label sets (super, sub, form, rhythm) from SCP codes.
+
+``ptbxl_database.csv`` lists the records and their ``scp_codes`` (a Python dict
+literal); ``scp_statements.csv`` (first header cell empty: the code) flags each
+code as diagnostic/form/rhythm and gives the diagnostic class and subclass.
+Every code of a record counts, whatever its likelihood.
+"""
+
+from __future__ import annotations
+
+import ast
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import pandas as pd
+
+from deri_sweep.data.readers.base import DatasetError, Reader, parse_age, read_wfdb, unknown_key
+from deri_sweep.data.readers.mimic import clean_report
+from deri_sweep.data.record import Record, RecordError
+from deri_sweep.data.signal import SignalOptions
+
+log = logging.getLogger(__name__)
+
+LABEL_SETS = ("super", "sub", "form", "rhythm")
+_SEX = {"0": "Male", "1": "Female"}  # PTB-XL codes sex as 0 = male, 1 = female
+
+
+@dataclass(frozen=True)
+class _Statement:
+    diagnostic: bool
+    form: bool
+    rhythm: bool
+    diagnostic_class: str
+    diagnostic_subclass: str
+    description: str
+
+
+@dataclass(frozen=True)
+class _Row:
+    patient_id: str
+    age: int | None
+    sex: str | None
+    report: str
+    scp_codes: str
+    strat_fold: int | None
+    filename_lr: str
+    filename_hr: str
+
+
+def _flag(value: str) -> bool:
+    try:
+        return float(value) != 0.0
+    except ValueError:
+        return False
+
+
+def _int_or_none(value: str) -> int | None:
+    try:
+        return int(float(value))
+    except ValueError:
+        return None
+
+
+class PtbxlReader(Reader):
+    """Reader of PTB-XL. Keys are 5-digit ecg ids (``"00001"``).
+
+    Attributes:
+        descriptions: SCP code -> its description from scp_statements.csv.
+        prefer: ``"hr"`` reads records500 first, ``"lr"`` records100 first; the
+            other is used when the preferred file is absent.
+    """
+
+    format = "ptbxl"
+
+    def __init__(
+        self,
+        root: str | Path,
+        options: SignalOptions = SignalOptions(),  # noqa: B008
+        *,
+        prefer: Literal["hr", "lr"] = "hr",
+    ) -> None:
+        super().__init__(root, options)
+        if prefer not in ("hr", "lr"):
+            raise ValueError(f"prefer must be 'hr' or 'lr', got {prefer!r}")
+        self.prefer = prefer
+        fix = "download PTB-XL v1.0.3 from PhysioNet or pass the right --format"
+        self._statements = self._load_statements(self._require("scp_statements.csv", fix))
+        self.descriptions: dict[str, str] = {code: s.description for code, s in self._statements.items()}
+        self._rows = self._load_database(self._require("ptbxl_database.csv", fix))
+        self._keys = sorted(self._rows)
+        stm = self._statements.values()
+        self._label_sets = {
+            "super": tuple(sorted({s.diagnostic_class for s in stm if s.diagnostic and s.diagnostic_class})),
+            "sub": tuple(sorted({s.diagnostic_subclass for s in stm if s.diagnostic and s.diagnostic_subclass})),
+            "form": tuple(sorted(c for c, s in self._statements.items() if s.form)),
+            "rhythm": tuple(sorted(c for c, s in self._statements.items() if s.rhythm)),
+        }
+        log.info("ptbxl %s: %d records, %d SCP statements", self.root, len(self._keys), len(self._statements))
+
+    def _download_hint(self) -> str:
+        return "download PTB-XL v1.0.3 from PhysioNet and pass its folder"
+
+    @staticmethod
+    def _load_statements(path: Path) -> dict[str, _Statement]:
+        table = pd.read_csv(path, index_col=0, dtype=str, keep_default_na=False)
+        needed = {"diagnostic", "form", "rhythm", "diagnostic_class", "diagnostic_subclass", "description"}
+        if needed - set(table.columns):
+            raise DatasetError(f"{path}: columns {sorted(needed - set(table.columns))} missing; is this PTB-XL?")
+        return {
+            str(code).strip(): _Statement(
+                _flag(r["diagnostic"]),
+                _flag(r["form"]),
+                _flag(r["rhythm"]),
+                r["diagnostic_class"].strip(),
+                r["diagnostic_subclass"].strip(),
+                r["description"].strip(),
+            )
+            for code, r in table.iterrows()
+        }
+
+    @staticmethod
+    def _load_database(path: Path) -> dict[str, _Row]:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+        needed = {"ecg_id", "patient_id", "age", "sex", "report", "scp_codes", "strat_fold", "filename_lr"}
+        if needed - set(table.columns):
+            raise DatasetError(f"{path}: columns {sorted(needed - set(table.columns))} missing; is this PTB-XL?")
+        hr = table["filename_hr"] if "filename_hr" in table.columns else [""] * len(table)
+        rows: dict[str, _Row] = {}
+        for r, filename_hr in zip(table.itertuples(index=False), hr, strict=True):
+            ecg_id = _int_or_none(r.ecg_id)
+            if ecg_id is None:
+                raise DatasetError(f"{path}: ecg_id {r.ecg_id!r} is not a number")
+            patient = _int_or_none(r.patient_id)
+            rows[f"{ecg_id:05d}"] = _Row(
+                patient_id=str(patient) if patient is not None else "",
+                age=parse_age(r.age),
+                sex=_SEX.get(r.sex.strip().split(".")[0]),
+                report=r.report,
+                scp_codes=r.scp_codes,
+                strat_fold=_int_or_none(r.strat_fold),
+                filename_lr=r.filename_lr.strip(),
+                filename_hr=filename_hr.strip(),
+            )
+        return rows
+
+    @property
+    def label_sets(self) -> dict[str, tuple[str, ...]]:
+        """``super`` (5), ``sub`` (23), ``form`` (19), ``rhythm`` (12) class names, sorted."""
+        return dict(self._label_sets)
+
+    def keys(self) -> list[str]:
+        """5-digit ecg ids, sorted."""
+        return list(self._keys)
+
+    def labels(self, key: str) -> tuple[dict[str, tuple[str, ...]], dict[str, float], list[str]]:
+        """Labels of one record without reading its signal.
+
+        Returns:
+            ``(labels, scp_codes, unmapped)``: set name -> classes in class-list
+            order (empty tuple when the record has none of that set), the
+            record's code -> likelihood, and codes absent from scp_statements.csv.
+        """
+        row = self._rows[key]
+        try:
+            codes = ast.literal_eval(row.scp_codes) if row.scp_codes.strip() else {}
+            if not isinstance(codes, dict):
+                raise ValueError("not a dict")
+        except (ValueError, SyntaxError) as exc:
+            raise RecordError("bad_labels", f"ecg_id {key}: scp_codes {row.scp_codes!r} is malformed ({exc})") from None
+        found: dict[str, set[str]] = {name: set() for name in LABEL_SETS}
+        unmapped: list[str] = []
+        for code in codes:
+            s = self._statements.get(str(code))
+            if s is None:
+                unmapped.append(str(code))
+                continue
+            if s.diagnostic:
+                found["super"].add(s.diagnostic_class)
+                found["sub"].add(s.diagnostic_subclass)
+            if s.form:
+                found["form"].add(str(code))
+            if s.rhythm:
+                found["rhythm"].add(str(code))
+        labels = {name: tuple(c for c in self._label_sets[name] if c in found[name]) for name in LABEL_SETS}
+        return labels, {str(k): float(v) for k, v in codes.items()}, unmapped
+
+    def _header_path(self, row: _Row, key: str) -> Path:
+        order = [row.filename_hr, row.filename_lr] if self.prefer == "hr" else [row.filename_lr, row.filename_hr]
+        candidates = [self.root / f"{name}.hea" for name in order if name]
+        for path in candidates:
+            if path.is_file():
+                return path
+        named = candidates[0] if candidates else self.root / f"records500/{key}_hr.hea"
+        raise RecordError(
+            "missing_file", f"{named}: not found (ecg_id {key}; neither records500 nor records100 has it)"
+        )
+
+    def read(self, key: str) -> Record:
+        """Read one record (records500 preferred; records100 resampled when it is the only one).
+
+        Returns:
+            The record with the four label sets, ``report`` and meta
+            ``strat_fold``, ``age``, ``sex``, ``scp_codes`` (and ``unmapped_codes``).
+        """
+        if key not in self._rows:
+            raise unknown_key(self, key)
+        row = self._rows[key]
+        labels, codes, unmapped = self.labels(key)
+        meta = {"strat_fold": row.strat_fold, "age": row.age, "sex": row.sex, "scp_codes": codes}
+        if unmapped:
+            meta["unmapped_codes"] = unmapped
+        return read_wfdb(
+            self._header_path(row, key),
+            self.options,
+            key,
+            subject_id=row.patient_id or None,
+            labels=labels,
+            report=clean_report([row.report]) or None,
+            meta=meta,
+        )
