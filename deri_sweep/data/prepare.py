@@ -251,7 +251,12 @@ def _finish(out: Path, reader: Reader, opts: PrepareOptions, n_found: int) -> di
         "splits": {str(k): int(v) for k, v in index["split"].value_counts().sort_index().items()},
         "unique_reports": len(reports),
     }
-    return {"label_sets": {k: list(v) for k, v in label_sets.items()}, "summary": summary}
+    described = {k: v for k, v in reader.class_descriptions.items() if k in label_sets}
+    return {
+        "label_sets": {k: list(v) for k, v in label_sets.items()},
+        "class_descriptions": described,
+        "summary": summary,
+    }
 
 
 def prepare(root: str | Path, out: str | Path, opts: PrepareOptions, *, overwrite: bool = False) -> dict[str, Any]:

@@ -51,6 +51,11 @@ class Reader(ABC):
     def label_sets(self) -> dict[str, tuple[str, ...]]:
         """Label-set name -> ordered class names (``{}`` for unlabelled data)."""
 
+    @property
+    def class_descriptions(self) -> dict[str, dict[str, str]]:
+        """Label-set name -> class -> plain-text description (zero-shot prompts)."""
+        return {}
+
     @abstractmethod
     def keys(self) -> list[str]:
         """Every record found, in a stable sorted order (no signal is read)."""

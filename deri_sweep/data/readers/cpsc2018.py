@@ -39,6 +39,17 @@ SNOMED: dict[str, str] = {
     "284470004": "PAC", "164884008": "PVC", "429622005": "STD", "164931005": "STE",
 }  # fmt: skip
 #: REFERENCE.csv codes 1..9 -> class names.
+DESCRIPTIONS: dict[str, str] = {
+    "Normal": "normal sinus rhythm",
+    "AF": "atrial fibrillation",
+    "I-AVB": "first degree atrioventricular block",
+    "LBBB": "left bundle branch block",
+    "RBBB": "right bundle branch block",
+    "PAC": "premature atrial contraction",
+    "PVC": "premature ventricular contraction",
+    "STD": "st segment depression",
+    "STE": "st segment elevation",
+}
 REFERENCE_CODES: dict[str, str] = {str(i + 1): name for i, name in enumerate(CLASSES)}
 _ABBREVIATIONS = {name.upper(): name for name in CLASSES} | {"IAVB": "I-AVB"}
 ORIGINAL_FS = 500.0
@@ -98,6 +109,11 @@ class Cpsc2018Reader(Reader):
                     found = {REFERENCE_CODES[c.split(".")[0]] for c in codes if c.split(".")[0] in REFERENCE_CODES}
                     labels[name] = tuple(c for c in CLASSES if c in found)
         return labels
+
+    @property
+    def class_descriptions(self) -> dict[str, dict[str, str]]:
+        """Plain-text names of the nine CPSC2018 classes."""
+        return {"cpsc2018": dict(DESCRIPTIONS)}
 
     @property
     def label_sets(self) -> dict[str, tuple[str, ...]]:

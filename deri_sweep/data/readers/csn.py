@@ -88,6 +88,11 @@ class CsnReader(Reader):
         return "download 'ecg-arrhythmia' v1.0.0 (Chapman-Shaoxing-Ningbo) from PhysioNet and pass its folder"
 
     @property
+    def class_descriptions(self) -> dict[str, dict[str, str]]:
+        """The ``Full Name`` of each acronym, as ConditionNames_SNOMED-CT.csv gives it."""
+        return {"csn": dict(self.condition_names)}
+
+    @property
     def label_sets(self) -> dict[str, tuple[str, ...]]:
         """One set ``csn``: the acronyms of ConditionNames_SNOMED-CT.csv, in file order."""
         return {"csn": self._classes}

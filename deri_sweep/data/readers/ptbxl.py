@@ -27,6 +27,15 @@ LABEL_SETS = ("super", "sub", "form", "rhythm")
 _SEX = {"0": "Male", "1": "Female"}  # PTB-XL codes sex as 0 = male, 1 = female
 
 
+SUPERCLASS_NAMES: dict[str, str] = {
+    "NORM": "normal ecg",
+    "MI": "myocardial infarction",
+    "STTC": "st/t change",
+    "CD": "conduction disturbance",
+    "HYP": "hypertrophy",
+}
+
+
 @dataclass(frozen=True)
 class _Statement:
     diagnostic: bool
@@ -144,6 +153,22 @@ class PtbxlReader(Reader):
                 filename_hr=filename_hr.strip(),
             )
         return rows
+
+    @property
+    def class_descriptions(self) -> dict[str, dict[str, str]]:
+        """Descriptions per label set: scp_statements.csv's for codes, fixed names for the superclasses.
+
+        A subclass that is not itself a code is described by its member codes' descriptions.
+        """
+        members: dict[str, list[str]] = {}
+        for code, stm in self._statements.items():
+            if stm.diagnostic and stm.diagnostic_subclass:
+                members.setdefault(stm.diagnostic_subclass, []).append(self.descriptions[code])
+        out = {"super": {c: SUPERCLASS_NAMES.get(c, c) for c in self._label_sets["super"]}}
+        out["sub"] = {c: self.descriptions.get(c) or ", ".join(members.get(c, [c])) for c in self._label_sets["sub"]}
+        for name in ("form", "rhythm"):
+            out[name] = {c: self.descriptions.get(c, c) for c in self._label_sets[name]}
+        return out
 
     @property
     def label_sets(self) -> dict[str, tuple[str, ...]]:
