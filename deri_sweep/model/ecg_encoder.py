@@ -1,0 +1,178 @@
+"""ECG side of DERI: ResNet18-1D backbone, token head and attention-pool blocks (spec sections 2 and 4).
+
+Shapes for the reference input (B, 12, 5000): the backbone gives F (B, 512, 313),
+the strided 1x1 conv gives D (B, 256, 105) and the attention-pool block gives the
+token sequence E (B, 105, 256). :func:`token_count` computes T for other lengths.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from deri_sweep.model.config import ECGConfig, TokenConfig
+
+#: Stage widths and strides of ResNet18-1D (two BasicBlocks per stage).
+WIDTHS: tuple[int, ...] = (64, 128, 256, 512)
+STRIDES: tuple[int, ...] = (1, 2, 2, 2)
+
+
+def _conv_len(length: int, kernel: int, stride: int, padding: int) -> int:
+    return (length + 2 * padding - kernel) // stride + 1
+
+
+def backbone_length(num_samples: int) -> int:
+    """Time steps of F for an input of ``num_samples`` (5000 -> 313)."""
+    length = _conv_len(num_samples, 7, 2, 3)  # stem
+    for stride in STRIDES:
+        length = _conv_len(length, 3, stride, 1)
+    return length
+
+
+def token_count(num_samples: int, stride: int) -> int:
+    """Number of ECG tokens T after the strided 1x1 conv (5000, 3 -> 105)."""
+    return _conv_len(backbone_length(num_samples), 1, stride, 0)
+
+
+class BasicBlock1D(nn.Module):
+    """Two k3 conv-BN layers with an identity or 1x1 conv-BN shortcut."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv1d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm1d(c_out)
+        self.conv2 = nn.Conv1d(c_out, c_out, 3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm1d(c_out)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(nn.Conv1d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm1d(c_out))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, c_in, L) -> (B, c_out, L / stride)."""
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class ResNet1D18(nn.Module):
+    """Randomly initialised ResNet18-1D: stem k7/s2 (no max-pool), 4 stages x 2 BasicBlocks (~3.85 M params)."""
+
+    def __init__(self, in_leads: int = 12) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv1d(in_leads, WIDTHS[0], 7, stride=2, padding=3, bias=False),
+            nn.BatchNorm1d(WIDTHS[0]),
+            nn.ReLU(inplace=True),
+        )
+        stages, c_in = [], WIDTHS[0]
+        for width, stride in zip(WIDTHS, STRIDES, strict=True):
+            stages.append(nn.Sequential(BasicBlock1D(c_in, width, stride), BasicBlock1D(width, width, 1)))
+            c_in = width
+        self.stages = nn.Sequential(*stages)
+        self.out_channels = WIDTHS[-1]
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, leads, 5000) -> F (B, 512, 313)."""
+        return self.stages(self.stem(x))
+
+
+class AttentionPool(nn.Module):
+    """Learned pos-emb for n+2 positions, one separator at both ends, one multi-head self-attention.
+
+    As in the reference (MERL/DERI ``AttentionPool``) there is no residual, norm or
+    FFN; the attention is followed by the block's output projection ``proj``
+    (the reference's ``c_proj``). Separators are dropped from the output.
+    """
+
+    def __init__(self, dim: int, heads: int, n_tokens: int) -> None:
+        super().__init__()
+        self.n_tokens = n_tokens
+        self.sep = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos = nn.Parameter(torch.zeros(1, n_tokens + 2, dim))
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.proj = nn.Linear(dim, dim)
+        nn.init.trunc_normal_(self.sep, std=0.02)
+        nn.init.trunc_normal_(self.pos, std=0.02)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, n, dim) -> (B, n, dim)."""
+        if x.shape[1] != self.n_tokens:
+            raise ValueError(f"AttentionPool sized for {self.n_tokens} tokens got {x.shape[1]} (check ecg.num_samples)")
+        sep = self.sep.expand(x.shape[0], -1, -1)  # (B, 1, dim)
+        h = torch.cat([sep, x, sep], dim=1) + self.pos  # (B, n+2, dim)
+        h, _ = self.attn(h, h, h, need_weights=False)  # (B, n+2, dim)
+        return self.proj(h[:, 1:-1])  # (B, n, dim)
+
+
+class TokenHead(nn.Module):
+    """Strided 1x1 conv (512 -> d) and the 4-head attention-pool block (~0.49 M params)."""
+
+    def __init__(self, c_in: int, cfg: TokenConfig, n_tokens: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(c_in, cfg.dim, 1, stride=cfg.stride)
+        self.pool = AttentionPool(cfg.dim, cfg.heads, n_tokens)
+
+    def forward(self, feats: Tensor) -> tuple[Tensor, Tensor]:
+        """F (B, 512, L) -> (D (B, T, d), E (B, T, d))."""
+        d = self.conv(feats).transpose(1, 2)  # (B, T, d)
+        return d, self.pool(d)
+
+
+class ECGEncoder(nn.Module):
+    """Backbone + token head.
+
+    Args:
+        ecg: input channels and signal length (sets T).
+        token: token head settings.
+    """
+
+    def __init__(self, ecg: ECGConfig, token: TokenConfig) -> None:
+        super().__init__()
+        self.num_samples = ecg.num_samples
+        self.n_tokens = token_count(ecg.num_samples, token.stride)
+        self.resnet = ResNet1D18(ecg.in_leads)
+        self.token_head = TokenHead(self.resnet.out_channels, token, self.n_tokens)
+
+    def forward(self, ecg: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Encode a batch of ECGs.
+
+        Args:
+            ecg: (B, leads, num_samples).
+
+        Returns:
+            F (B, 512, L), D (B, T, d) and E (B, T, d).
+        """
+        if ecg.shape[-1] != self.num_samples:
+            raise ValueError(
+                f"ECG has {ecg.shape[-1]} samples; the model is built for ecg.num_samples={self.num_samples}"
+            )
+        feats = self.resnet(ecg)  # (B, 512, L)
+        d, e = self.token_head(feats)  # (B, T, d) each
+        return feats, d, e
+
+
+class RMEPools(nn.Module):
+    """Two random masked views of D, each pooled by its own attention-pool block (~0.7 M params).
+
+    Each view keeps ``int(T * keep_ratio)`` tokens chosen at random per sample, in time
+    order (the reference shuffles; keeping time order is the spec's decision).
+    """
+
+    def __init__(self, dim: int, heads: int, n_tokens: int, keep_ratio: float) -> None:
+        super().__init__()
+        self.n_keep = max(1, int(n_tokens * keep_ratio))
+        self.pool1 = AttentionPool(dim, heads, self.n_keep)
+        self.pool2 = AttentionPool(dim, heads, self.n_keep)
+
+    def _view(self, d: Tensor) -> Tensor:
+        b, t, dim = d.shape
+        keep = torch.rand(b, t, device=d.device).argsort(dim=1)[:, : self.n_keep]  # (B, K) random subset
+        keep = keep.sort(dim=1).values  # (B, K) in time order
+        return d.gather(1, keep.unsqueeze(-1).expand(-1, -1, dim))  # (B, K, d)
+
+    def forward(self, d: Tensor) -> tuple[Tensor, Tensor]:
+        """D (B, T, d) -> (u1 (B, d), u2 (B, d))."""
+        u1 = self.pool1(self._view(d)).mean(dim=1)  # (B, d)
+        u2 = self.pool2(self._view(d)).mean(dim=1)  # (B, d)
+        return u1, u2

@@ -1,0 +1,237 @@
+"""DERI model: shapes, parameter counts (spec section 10), switches, gradients, text paths, decoder."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from transformers import BertConfig, BertModel
+
+from deri_sweep.config import ConfigError, apply_overrides, from_dict, to_dict
+from deri_sweep.losses import DeriLoss
+from deri_sweep.model.config import (
+    ECGConfig,
+    InteractionConfig,
+    LossConfig,
+    ModelConfig,
+    ReportDecoderConfig,
+    RMEConfig,
+    TextConfig,
+)
+from deri_sweep.model.deri import DERI
+from deri_sweep.model.ecg_encoder import ResNet1D18, backbone_length, token_count
+from deri_sweep.model.report_decoder import ReportDecoder
+from deri_sweep.model.text_tower import TextTower, TextTowerError
+
+SHORT = 1000  # samples of the short test signals: T = 21 tokens
+REPORTS = [
+    "sinus rhythm. normal ecg.",
+    "atrial fibrillation with rapid ventricular response. left axis deviation. abnormal ecg.",
+    "sinus bradycardia. possible inferior infarct, age undetermined.",
+]
+
+
+@pytest.fixture(scope="module")
+def tower() -> TextTower:
+    return TextTower(TextConfig())  # the embedded all-MiniLM-L6-v2 (384-d)
+
+
+def short_cfg(**sections) -> ModelConfig:
+    return ModelConfig(ecg=ECGConfig(num_samples=SHORT), **sections)
+
+
+def test_shapes_at_default_config(tower: TextTower) -> None:
+    torch.manual_seed(0)
+    model = DERI(ModelConfig(), text_tower=tower)
+    tok = tower.tokenize(REPORTS[:2])
+    n = tok["input_ids"].shape[1]
+    ecg = torch.randn(2, 12, 5000)
+    out = model(ecg, **tok)
+    d, h = 256, 384
+    expected = {
+        "E": (2, 105, d), "z_e": (2, d), "z_t": (2, d), "o_e": (2, d), "p": (2, h), "d_t": (2, h),
+        "d_e": (2, d), "m_e": (2, d), "m_t": (2, d), "u1": (2, d), "u2": (2, d), "logit_scale": (),
+    }  # fmt: skip
+    assert {k: tuple(v.shape) for k, v in out.items()} == expected
+    assert torch.allclose(out["z_t"].norm(dim=-1), torch.ones(2))
+    assert model.rme.n_keep == 94 and n <= 256
+    assert model.encode_ecg(ecg[:1], "resnet").shape == (1, 512)
+    assert ResNet1D18()(ecg[:1]).shape == (1, 512, 313)
+    assert float(out["logit_scale"]) == pytest.approx(1 / 0.07)
+
+
+def test_token_count_helpers() -> None:
+    assert backbone_length(5000) == 313 and token_count(5000, 3) == 105
+    assert token_count(SHORT, 3) == 21
+
+
+def test_parameter_counts_match_spec_section_10() -> None:
+    """Spec: ~9.2 M trainable with a 768-d frozen tower. Tolerance: 2 % per part."""
+    bert = BertModel(BertConfig(hidden_size=768, num_hidden_layers=1, num_attention_heads=12, vocab_size=64))
+    model = DERI(ModelConfig(), text_tower=TextTower(TextConfig(), model=bert))
+    counts = model.num_parameters()
+    spec = {
+        "ecg.resnet": 3.85e6, "ecg.token_head": 0.49e6, "rme": 0.70e6, "decode_t": 2.0e6,
+        "decode_e": 1.9e6, "proj_t": 0.26e6, "total": 9.2e6,
+    }  # fmt: skip
+    for part, target in spec.items():
+        assert counts[part] == pytest.approx(target, rel=0.02), (part, counts[part])
+    assert counts["text"] == 0  # frozen
+    assert "decoder" not in counts
+
+
+def test_disabled_parts_own_no_parameters(tower: TextTower) -> None:
+    cfg = short_cfg(
+        interaction=InteractionConfig(decode_t=False, decode_e=False),
+        rme=RMEConfig(enabled=False),
+        loss=LossConfig(w_uma=0, w_dec_e=0),
+        report_decoder=ReportDecoderConfig(name="tiny"),  # w_cap = 0: not built
+    )
+    model = DERI(cfg, text_tower=tower)
+    assert model.decode_t is None and model.decode_e is None and model.rme is None and model.decoder is None
+    names = [n for n, _ in model.named_parameters()]
+    assert not [n for n in names if n.startswith(("decode_t", "decode_e", "rme", "decoder"))]
+    out = model(torch.randn(2, 12, SHORT), **tower.tokenize(REPORTS[:2]))
+    assert torch.equal(out["m_e"], out["z_e"]) and torch.equal(out["m_t"], out["z_t"])
+    assert not {"d_t", "d_e", "u1", "u2"} & set(out)
+    terms = DeriLoss(cfg.loss)(out)
+    assert set(terms) == {"cma", "mix", "total"}
+
+
+def test_gradients_reach_every_enabled_part(tower: TextTower) -> None:
+    torch.manual_seed(0)
+    loss_cfg = LossConfig(w_dec_t=1.0, w_cap=1.0, learnable_temperature=True)
+    # feature=sequence: with ONE memory token the cross-attention softmax is constant, so its q/k get no gradient
+    decoder_cfg = ReportDecoderConfig(name="tiny", tiny_layers=1, feature="sequence")
+    cfg = short_cfg(loss=loss_cfg, report_decoder=decoder_cfg)
+    model = DERI(cfg, text_tower=tower).train()
+    assert not tower.model.training  # frozen tower stays in eval mode
+    ids, mask = model.decoder.tokenize(REPORTS)
+    out = model(torch.randn(3, 12, SHORT), **tower.tokenize(REPORTS), caption_ids=ids, caption_mask=mask)
+    terms = DeriLoss(cfg.loss)(out)
+    assert set(terms) == {"cma", "mix", "uma", "dec_e", "dec_t", "cap", "total"}
+    terms["total"].backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.any())]
+    assert missing == []
+    assert all(p.grad is None for p in tower.parameters())
+    for part in ("ecg", "proj_t", "decode_t", "decode_e", "rme", "decoder", "log_logit_scale"):
+        assert any(n.startswith(part) for n, p in model.named_parameters() if p.grad is not None), part
+
+
+def test_raw_text_and_feature_paths_give_identical_losses(tower: TextTower) -> None:
+    torch.manual_seed(0)
+    cfg = short_cfg()
+    model = DERI(cfg, text_tower=tower).eval()
+    ecg, tok = torch.randn(3, 12, SHORT), tower.tokenize(REPORTS)
+    assert not tok["attention_mask"].all()  # the batch is padded
+    loss = DeriLoss(cfg.loss)
+    torch.manual_seed(1)  # same RME draws in both calls
+    raw = loss(model(ecg, **tok))
+    feats = tower(**tok)
+    features_only = DERI(cfg, text_hidden_size=tower.hidden_size).eval()
+    features_only.load_state_dict(model.state_dict(), strict=False)
+    torch.manual_seed(1)
+    cached = loss(features_only(ecg, pooled=feats.pooled, tokens=feats.tokens, token_mask=feats.mask))
+    for name in raw:
+        torch.testing.assert_close(raw[name], cached[name], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="either"):
+        model(ecg, **tok, pooled=feats.pooled)
+
+
+def test_decode_e_ignores_padding_amount(tower: TextTower) -> None:
+    torch.manual_seed(0)
+    model = DERI(short_cfg(), text_tower=tower).eval()
+    feats = tower(**tower.tokenize(REPORTS))
+    pad = torch.zeros(3, 7, tower.hidden_size)
+    more = (torch.cat([feats.tokens, pad], 1), torch.cat([feats.mask, torch.zeros(3, 7, dtype=torch.bool)], 1))
+    h1, h2 = model.proj_t(feats.tokens), model.proj_t(more[0])
+    d1 = model.decode_e(h1, feats.mask)
+    d2 = model.decode_e(h2, more[1])
+    torch.testing.assert_close(d1, d2[:, : d1.shape[1]], rtol=1e-5, atol=1e-5)
+
+
+def test_mask_padding_changes_nothing_without_padding(tower: TextTower) -> None:
+    torch.manual_seed(0)
+    on = DERI(short_cfg(), text_tower=tower).eval()
+    off_cfg = dataclasses.replace(short_cfg(), interaction=InteractionConfig(mask_padding=False))
+    off = DERI(off_cfg, text_tower=tower).eval()
+    off.load_state_dict(on.state_dict())
+    tok = tower.tokenize(["sinus rhythm. normal ecg.", "sinus rhythm. abnormal ecg."])
+    assert tok["attention_mask"].all()  # equal lengths: no padding
+    ecg = torch.randn(2, 12, SHORT)
+    torch.manual_seed(3)
+    a = on(ecg, **tok)
+    torch.manual_seed(3)
+    b = off(ecg, **tok)
+    torch.testing.assert_close(a["d_e"], b["d_e"])
+    # ...but with padding it does change the result
+    tok = tower.tokenize(REPORTS[:2])
+    assert not torch.allclose(on(ecg, **tok)["d_e"], off(ecg, **tok)["d_e"])
+
+
+def test_encode_ecg_mix_needs_no_text_and_matches_forward(tower: TextTower) -> None:
+    torch.manual_seed(0)
+    model = DERI(short_cfg(), text_tower=tower).eval()
+    ecg = torch.randn(2, 12, SHORT)
+    with torch.no_grad():
+        out = model(ecg, **tower.tokenize(REPORTS[:2]))
+        torch.testing.assert_close(model.encode_ecg(ecg, "mix"), out["m_e"])
+        torch.testing.assert_close(model.encode_ecg(ecg, "aligned"), out["z_e"])
+        assert model.encode_ecg(ecg, "tokens").shape == (2, 21, 256)
+
+
+def test_report_decoder_overfits_and_generates(tower: TextTower) -> None:
+    torch.manual_seed(0)
+    decoder = ReportDecoder(ReportDecoderConfig(name="tiny", max_length=32), text_tokenizer=tower.tokenizer)
+    ids, mask = decoder.tokenize(REPORTS[:2])
+    assert ids[0, 0] == decoder.bos_id and (ids[mask.bool()] != decoder.pad_id).all()
+    assert len(tower.tokenizer) == 30522  # the tower's tokenizer is not modified
+    memory = torch.randn(2, 1, 256)
+    opt = torch.optim.AdamW(decoder.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(25):
+        loss = decoder(memory, ids, mask)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+    decoder.eval()
+    texts = decoder.generate(memory, max_length=12)
+    assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
+
+
+def test_text_tower_freezing_and_train_mode(tower: TextTower) -> None:
+    assert tower.frozen and not any(p.requires_grad for p in tower.parameters())
+    tower.train()
+    assert not tower.model.training
+    bert = BertModel(BertConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, vocab_size=64))
+    partial = TextTower(TextConfig(trainable_layers=1), model=bert).train()
+    trainable = [n for n, p in partial.named_parameters() if p.requires_grad]
+    assert all(".encoder.layer.2." in n or ".pooler." in n for n in trainable)
+    assert any(".pooler." in n for n in trainable) and any(".layer.2." in n for n in trainable)
+    assert bert.encoder.layer[2].training and not bert.encoder.layer[0].training
+
+
+def test_unloadable_tower_names_the_fix() -> None:
+    with pytest.raises(TextTowerError, match="local path"):
+        TextTower(TextConfig(name="/nonexistent/MedCPT-Query-Encoder"))
+
+
+def test_config_validation_names_key_and_fix() -> None:
+    with pytest.raises(ConfigError, match=r"interaction\.decode_t"):
+        ModelConfig(interaction=InteractionConfig(decode_t=False), loss=LossConfig(w_dec_t=1.0))
+    with pytest.raises(ConfigError, match=r"rme\.enabled"):
+        ModelConfig(rme=RMEConfig(enabled=False))  # w_uma = 1 by default
+    with pytest.raises(ConfigError, match=r"report_decoder\.name"):
+        ModelConfig(loss=LossConfig(w_cap=0.5))
+    with pytest.raises(ConfigError, match=r"keep_ratio"):
+        from_dict(ModelConfig, {"rme": {"keep_ratio": 0.0}})
+    with pytest.raises(ConfigError, match=r"depth"):
+        apply_overrides(ModelConfig(), ["interaction.depth=-1"])
+    with pytest.raises(ConfigError, match="unknown"):
+        apply_overrides(ModelConfig(), ["interaction.dept=4"])
+    cfg = apply_overrides(ModelConfig(), ["interaction.depth=4", "loss.w_uma=0", "rme.enabled=false"])
+    assert cfg.interaction.depth == 4 and from_dict(ModelConfig, to_dict(cfg)) == cfg
+    assert ModelConfig(loss=LossConfig(w_mix=0, w_dec_e=0)).unused_parts() == ["decode_t", "decode_e"]
