@@ -15,3 +15,27 @@ def real_ecg_dir() -> Path:
     if not (REAL_ECG_DIR / "MANIFEST.md").is_file():
         pytest.skip(f"real ECG samples not found at {REAL_ECG_DIR} (the shared data folder is absent in this checkout)")
     return REAL_ECG_DIR
+
+
+#: Sizes of the synthetic twin used across the tests: small, but every injected
+#: defect kind occurs in every dataset at the 5% rate.
+SYNTH_SIZES = {"mimic": 240, "ptbxl": 160, "cpsc2018": 100, "csn": 100}
+SYNTH_FOLDERS = {"mimic": "mimic-iv-ecg", "ptbxl": "ptb-xl", "cpsc2018": "cpsc2018", "csn": "csn"}
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A synthetic twin of the four datasets (seed 7, 5% injected defects), written once per session."""
+    from deri_sweep.data.synth import write_all
+
+    root = tmp_path_factory.mktemp("synth")
+    write_all(root, seed=7, sizes=SYNTH_SIZES, defect_rate=0.05)
+    return root
+
+
+@pytest.fixture(scope="session")
+def synth_manifest(synth_root: Path):
+    """The generator's ground truth: dataset, record_id, conditions, defect."""
+    import pandas as pd
+
+    return pd.read_csv(synth_root / "synth_manifest.csv", dtype=str, keep_default_na=False)
