@@ -1,0 +1,285 @@
+"""Tables computed from a run's tidy results: ablation comparison, cost, trial states.
+
+Everything here is pure data (pandas in, dataclass/DataFrame out); rendering to
+Markdown/HTML lives in :mod:`analysis._table_render`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from analysis._stats import mean_ci, paired_test
+from analysis.published import published_frame
+
+__all__ = [
+    "CSV_COLUMNS",
+    "TASK_ORDER",
+    "ComparisonTable",
+    "comparison_table",
+    "cost_per_variant",
+    "fraction_label",
+    "trials_summary",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Canonical display order of the downstream tasks; unknown tasks follow alphabetically.
+TASK_ORDER = ("ptbxl_super", "ptbxl_sub", "ptbxl_form", "ptbxl_rhythm", "cpsc2018", "csn")
+#: Columns of ``tables/comparison.csv`` (in this order).
+CSV_COLUMNS = [
+    "variant",
+    "task",
+    "fraction",
+    "mean",
+    "ci_low",
+    "ci_high",
+    "n_seeds",
+    "delta",
+    "p_value",
+    "n_pairs",
+    "best",
+    "source",
+]
+_NO_FRACTION = -1.0  # grouping key standing in for NaN fractions (zero-shot, report generation)
+STATES = ("COMPLETE", "PRUNED", "FAILED")
+
+
+def fraction_label(fraction: float) -> str:
+    """Human label of a training-data fraction: ``0.01 -> "1%"``, NaN -> ``"–"``."""
+    if fraction is None or not math.isfinite(fraction) or fraction < 0:
+        return "–"
+    return f"{fraction * 100:g}%"
+
+
+def _fkey(fraction: float) -> float:
+    return round(float(fraction), 6) if math.isfinite(fraction) else _NO_FRACTION
+
+
+def _task_key(task: str) -> tuple[int, str]:
+    return (TASK_ORDER.index(task) if task in TASK_ORDER else len(TASK_ORDER), task)
+
+
+@dataclass(frozen=True)
+class ComparisonTable:
+    """Ablation variants x (task, fraction) with seed statistics and paired deltas.
+
+    Attributes:
+        frame: long form, one row per (variant, task, fraction), columns :data:`CSV_COLUMNS`;
+            ``source`` is ``"run"`` for measured rows and ``"published"`` for reference rows.
+        per_seed: variant, task, fraction, seed, value — probe seeds averaged within a pretraining seed.
+        metric: the metric compared (e.g. ``test_auroc``).
+        eval: the evaluation kind (e.g. ``linear_probe``).
+        baseline: the variant deltas are taken against (None: no deltas).
+        higher_is_better: direction used to mark the best cell per column.
+        notes: caveats worth showing next to the table.
+    """
+
+    frame: pd.DataFrame
+    per_seed: pd.DataFrame
+    metric: str
+    eval: str
+    baseline: str | None
+    higher_is_better: bool = True
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def variants(self) -> list[str]:
+        """Row labels in display order: baseline first, other variants, then published rows."""
+        return list(dict.fromkeys(self.frame["variant"]))
+
+    @property
+    def columns(self) -> list[tuple[str, float]]:
+        """``(task, fraction)`` columns in display order (NaN fraction where none applies)."""
+        keys = self.frame[["task", "fraction"]].drop_duplicates()
+        cols = [(str(t), float(f)) for t, f in keys.itertuples(index=False)]
+        return sorted(cols, key=lambda c: (_task_key(c[0]), c[1] if math.isfinite(c[1]) else math.inf))
+
+    def cell(self, variant: str, task: str, fraction: float) -> pd.Series | None:
+        """The row of :attr:`frame` for one cell, or None when absent."""
+        f = self.frame
+        frac_match = f["fraction"].isna() if not math.isfinite(fraction) else np.isclose(f["fraction"], fraction)
+        hit = f[(f["variant"] == variant) & (f["task"] == task) & frac_match]
+        return None if hit.empty else hit.iloc[0]
+
+    def pivot(self, value: str = "mean") -> pd.DataFrame:
+        """Wide view: rows = variants, columns = MultiIndex (task, fraction label), cells = ``value``."""
+        cols = self.columns
+        data = {
+            (t, fraction_label(fr)): [
+                (c[value] if (c := self.cell(v, t, fr)) is not None else np.nan) for v in self.variants
+            ]
+            for t, fr in cols
+        }
+        out = pd.DataFrame(data, index=pd.Index(self.variants, name="variant"))
+        out.columns = pd.MultiIndex.from_tuples(list(data), names=["task", "fraction"])
+        return out
+
+
+def _per_seed(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    notes: list[str] = []
+    keys = ["variant", "task", "_fkey", "seed"]
+    by_trial = df.groupby([*keys, "trial_id"], sort=False, as_index=False)["value"].mean()
+    multi = by_trial.groupby(keys, sort=False)["trial_id"].nunique()
+    if (multi > 1).any():
+        pairs = sorted({f"{v}/seed {s}" for (v, _t, _f, s), n in multi.items() if n > 1})
+        notes.append(f"several trials share a variant and seed ({', '.join(pairs[:5])}); their values are averaged.")
+    return by_trial.groupby(keys, sort=False, as_index=False)["value"].mean(), notes
+
+
+def comparison_table(
+    results: pd.DataFrame,
+    *,
+    metric: str = "test_auroc",
+    eval: str = "linear_probe",
+    baseline: str | None = None,
+    higher_is_better: bool = True,
+    confidence: float = 0.95,
+    include_published: bool = True,
+) -> ComparisonTable:
+    """Compare ablation variants on one metric of one evaluation.
+
+    Probe seeds are averaged within each pretraining seed first; each cell is then
+    the mean over pretraining seeds with a Student-t interval, and the delta
+    against ``baseline`` is the mean paired difference with a paired t-test over
+    seeds present in both. Failed rows and non-finite values are ignored.
+
+    Args:
+        results: tidy ``results.parquet`` frame (see the run-directory contract).
+        metric: value of the ``metric`` column to compare.
+        eval: value of the ``eval`` column to compare.
+        baseline: reference variant; None picks ``"full"`` when present, else no deltas.
+        higher_is_better: marks the maximum (True) or minimum (False) per column as best.
+        confidence: coverage of the confidence intervals.
+        include_published: append spec section 9 rows where tasks and fractions match.
+
+    Returns:
+        The table; empty ``frame`` (with a note) when nothing matches.
+    """
+    notes: list[str] = []
+    df = results
+    if "status" in df.columns:
+        failed = int((df["status"] != "ok").sum())
+        df = df[df["status"] == "ok"]
+        if failed:
+            notes.append(f"{failed} result row(s) with a status other than 'ok' excluded.")
+    df = df[(df["metric"] == metric) & (df["eval"] == eval)].copy()
+    df = df[np.isfinite(df["value"].astype(float))]
+    df["_fkey"] = df["fraction"].astype(float).round(6).fillna(_NO_FRACTION)
+    variants = sorted(df["variant"].astype(str).unique())
+    if baseline is None and "full" in variants:
+        baseline = "full"
+    if baseline is not None and baseline not in variants:
+        notes.append(f"baseline variant {baseline!r} has no {eval}/{metric} results; no deltas.")
+        baseline = None
+    if baseline is not None:
+        variants = [baseline] + [v for v in variants if v != baseline]
+
+    per_seed, seed_notes = _per_seed(df) if not df.empty else (df.assign(value=[]), [])
+    notes.extend(seed_notes)
+    rows: list[tuple[object, ...]] = []
+    groups = dict(iter(per_seed.groupby(["variant", "task", "_fkey"], sort=False)))
+    for (variant, task, fkey), g in sorted(groups.items(), key=lambda kv: variants.index(kv[0][0])):
+        ci = mean_ci(g["value"].to_numpy(), confidence=confidence)
+        delta, p_value, n_pairs = math.nan, math.nan, 0
+        base = groups.get((baseline, task, fkey))
+        if baseline is not None and variant != baseline and base is not None:
+            delta, p_value, n_pairs = paired_test(
+                dict(zip(g["seed"], g["value"], strict=True)), dict(zip(base["seed"], base["value"], strict=True))
+            )
+        frac = math.nan if fkey == _NO_FRACTION else float(fkey)
+        # same order as CSV_COLUMNS
+        rows.append((variant, task, frac, ci.mean, ci.ci_low, ci.ci_high, ci.n, delta, p_value, n_pairs, False, "run"))
+    frame = pd.DataFrame(rows, columns=CSV_COLUMNS)
+    if not frame.empty:
+        if (frame["n_seeds"] < 2).any():
+            notes.append("cells with a single pretraining seed have no confidence interval.")
+        key = frame["fraction"].fillna(_NO_FRACTION)
+        best = frame.groupby([frame["task"], key])["mean"].transform("max" if higher_is_better else "min")
+        frame["best"] = np.isclose(frame["mean"], best) & frame["mean"].notna()
+    else:
+        notes.append(f"no {eval}/{metric} results in this run.")
+    if include_published and not frame.empty:
+        frame = _append_published(frame, eval=eval, metric=metric, notes=notes)
+    per_seed = per_seed.assign(fraction=per_seed["_fkey"].where(per_seed["_fkey"] != _NO_FRACTION))
+    per_seed = per_seed[["variant", "task", "fraction", "seed", "value"]].reset_index(drop=True)
+    return ComparisonTable(frame, per_seed, metric, eval, baseline, higher_is_better, tuple(notes))
+
+
+def _append_published(frame: pd.DataFrame, *, eval: str, metric: str, notes: list[str]) -> pd.DataFrame:
+    pub = published_frame(eval=eval, metric=metric)
+    if pub.empty:
+        return frame
+    cols = set(zip(frame["task"], map(_fkey, frame["fraction"]), strict=True))
+    keep = [(t, _fkey(f)) in cols for t, f in zip(pub["task"], pub["fraction"], strict=True)]
+    pub = pub[keep]
+    if pub.empty:
+        return frame
+    extra = pd.DataFrame(
+        {
+            "variant": pub["source"],
+            "task": pub["task"],
+            "fraction": pub["fraction"],
+            "mean": pub["value"],
+            "ci_low": np.nan,
+            "ci_high": np.nan,
+            "n_seeds": 0,
+            "delta": np.nan,
+            "p_value": np.nan,
+            "n_pairs": 0,
+            "best": False,
+            "source": "published",
+        }
+    )
+    notes.append(
+        "published rows are references from the spec (section 9), not part of the best-cell marking; "
+        "the DERI numbers are max-over-epochs test AUROC, this run's test_auroc is selected on validation."
+    )
+    return pd.concat([frame, extra[CSV_COLUMNS]], ignore_index=True)
+
+
+def cost_per_variant(trials: pd.DataFrame | None = None, results: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Compute hours per ablation variant.
+
+    Uses ``trials.parquet`` when given (every trial, pruned and failed included),
+    else one ``hours`` value per ``trial_id`` from the results.
+
+    Args:
+        trials: trials frame with ``variant``, ``trial_id`` and ``hours``.
+        results: tidy results frame, used only when ``trials`` is None or empty.
+
+    Returns:
+        Columns ``variant, n_trials, hours_mean, hours_sum``, sorted by variant; empty without data.
+    """
+    src = trials if trials is not None and not trials.empty else results
+    cols = ["variant", "n_trials", "hours_mean", "hours_sum"]
+    if src is None or src.empty or "hours" not in src.columns:
+        return pd.DataFrame(columns=cols)
+    per_trial = src.drop_duplicates("trial_id")[["variant", "trial_id", "hours"]]
+    out = per_trial.groupby("variant").agg(
+        n_trials=("trial_id", "nunique"), hours_mean=("hours", "mean"), hours_sum=("hours", "sum")
+    )
+    return out.reset_index()[cols]
+
+
+def trials_summary(trials: pd.DataFrame) -> pd.DataFrame:
+    """Count trials per variant and state (COMPLETE, PRUNED, FAILED, any other), with hours.
+
+    Args:
+        trials: ``trials.parquet`` frame.
+
+    Returns:
+        One row per variant plus a final ``all`` row; columns ``variant``, one per state,
+        ``total`` and ``hours``.
+    """
+    states = list(STATES) + sorted(set(trials["state"].astype(str)) - set(STATES))
+    counts = pd.crosstab(trials["variant"], trials["state"].astype(str)).reindex(columns=states, fill_value=0)
+    counts["total"] = counts.sum(axis=1)
+    counts["hours"] = trials.groupby("variant")["hours"].sum() if "hours" in trials else np.nan
+    counts.loc["all"] = counts.sum(axis=0)
+    counts.columns.name = None
+    return counts.rename_axis("variant").reset_index()

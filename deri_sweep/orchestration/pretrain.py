@@ -1,0 +1,126 @@
+"""DERI pretraining as a Ray Train TorchTrainer (Train V2).
+
+:func:`train_loop_per_worker` is the shell Ray runs on each worker: it finds
+out who it is, where the last checkpoint is, and hands over to the plain
+recipe :func:`deri_sweep.pretraining.run_worker`. :func:`build_trainer` sizes
+the worker group: 2 CPU workers here, 4 GPUs a trial on a cluster.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray.train
+import ray.train.torch
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from deri_sweep.config import from_dict, to_dict
+from deri_sweep.pretraining import WorkerInfo, run_worker
+from deri_sweep.train_config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrialResources:
+    """The size of one pretraining run.
+
+    Attributes:
+        workers: Ray Train workers (one process, one GPU each on a cluster).
+        gpus_per_worker: GPUs per worker (0: CPU training).
+        cpus_per_worker: CPUs per worker (fractional allowed, e.g. 0.49 on 2 cores).
+    """
+
+    workers: int = 2
+    gpus_per_worker: float = 0.0
+    cpus_per_worker: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.workers < 1 or self.gpus_per_worker < 0 or self.cpus_per_worker <= 0:
+            raise ValueError(f"invalid trial resources {self}: need workers >= 1, gpus >= 0, cpus > 0")
+
+    @property
+    def use_gpu(self) -> bool:
+        """True when workers hold GPUs."""
+        return self.gpus_per_worker > 0
+
+    def scaling(self) -> ScalingConfig:
+        """Ray's scaling config for these resources."""
+        per_worker: dict[str, float] = {"CPU": self.cpus_per_worker}
+        if self.use_gpu:
+            per_worker["GPU"] = self.gpus_per_worker
+        return ScalingConfig(num_workers=self.workers, use_gpu=self.use_gpu, resources_per_worker=per_worker)
+
+    def accounting(self) -> tuple[float, str]:
+        """(resource units per worker, kind) used for compute-hour bookkeeping."""
+        return (self.gpus_per_worker, "gpu") if self.use_gpu else (self.cpus_per_worker, "cpu")
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """Ray Train worker entry: resolve rank/device/checkpoint, then run the recipe.
+
+    Args:
+        loop_config: ``{"config": TrainConfig as a dict, "resource_per_worker": float,
+            "resource_kind": "gpu" | "cpu"}``.
+    """
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    cfg = from_dict(TrainConfig, loop_config["config"])
+    context = ray.train.get_context()
+    worker = WorkerInfo(
+        rank=context.get_world_rank(),
+        world_size=context.get_world_size(),
+        device=ray.train.torch.get_device(),
+        resource_per_worker=float(loop_config["resource_per_worker"]),
+        resource_kind=str(loop_config["resource_kind"]),
+    )
+
+    def report(metrics: dict[str, Any], directory: Path | None) -> None:
+        ray.train.report(metrics, checkpoint=Checkpoint.from_directory(directory) if directory else None)
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        run_worker(cfg, worker, report)
+        return
+    with checkpoint.as_directory() as directory:
+        run_worker(cfg, worker, report, resume=Path(directory))
+
+
+def build_trainer(
+    cfg: TrainConfig,
+    resources: TrialResources,
+    *,
+    storage: str,
+    name: str,
+    max_failures: int = 2,
+    keep_checkpoints: int = 2,
+) -> TorchTrainer:
+    """A TorchTrainer for one pretraining run.
+
+    Args:
+        cfg: the resolved config.
+        resources: workers and their CPUs/GPUs.
+        storage: local path or URI (``s3://``, ``gs://``) where Ray keeps checkpoints.
+        name: run name; deterministic names let Ray restore an interrupted run.
+        max_failures: worker-group restarts from the last checkpoint before giving up.
+        keep_checkpoints: checkpoints kept (the best by val_total and the latest).
+
+    Returns:
+        The trainer; call ``.fit()``.
+    """
+    units, kind = resources.accounting()
+    run_config = RunConfig(
+        name=name,
+        storage_path=storage,
+        failure_config=FailureConfig(max_failures=max_failures),
+        checkpoint_config=CheckpointConfig(num_to_keep=keep_checkpoints),
+    )
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"config": to_dict(cfg), "resource_per_worker": units, "resource_kind": kind},
+        scaling_config=resources.scaling(),
+        run_config=run_config,
+    )

@@ -1,0 +1,247 @@
+"""The pretraining recipe: wires cache, text features, model, loss and optimiser, runs the epochs.
+
+This is the only place that knows a whole pretraining run, and it is plain
+PyTorch: the caller says which worker this is (rank, world size, device) and
+passes a ``report`` callback. Ray Train's worker (``deri_sweep.orchestration
+.pretrain``) is a thin shell around :func:`run_worker`; tests may also call it
+in one process.
+
+Determinism: every epoch re-seeds each worker from ``(seed, epoch, rank)`` and
+the sampler from ``(seed, epoch)``, and checkpoints are taken at epoch ends,
+so a run resumed from a checkpoint continues exactly like an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, DistributedSampler
+
+from deri_sweep.checkpoint import load_checkpoint, rng_state, save_checkpoint
+from deri_sweep.config import to_dict
+from deri_sweep.data.cache import CacheDataset, SignalCache, keep_batch
+from deri_sweep.engine import TextSource, build_optimizer, evaluate, seed_everything, train_epoch, unwrap
+from deri_sweep.losses import DeriLoss
+from deri_sweep.model.deri import DERI
+from deri_sweep.model.text_cache import TextFeatureStore, build_text_features, caching_applies, feature_dir
+from deri_sweep.model.text_tower import TextTower
+from deri_sweep.train_config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+#: ``report(metrics, checkpoint_dir_or_None)``: called by every worker at every report.
+Reporter = Callable[[dict[str, Any], Path | None], None]
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """Who this process is in the run.
+
+    Attributes:
+        rank: global rank (0 writes checkpoints and builds shared files).
+        world_size: number of workers.
+        device: compute device of this worker.
+        resource_per_worker: GPUs (or CPUs when ``resource_kind`` is ``cpu``)
+            held by each worker, for compute-hour accounting.
+        resource_kind: ``gpu`` or ``cpu``.
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = dataclasses.field(default_factory=lambda: torch.device("cpu"))
+    resource_per_worker: float = 1.0
+    resource_kind: str = "cpu"
+
+
+def _barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def prepare_text(cfg: TrainConfig, worker: WorkerInfo) -> tuple[TextSource, TextTower | None, int]:
+    """Text inputs of the run: the feature cache when the tower is frozen, else the tower.
+
+    Rank 0 computes missing features (once per unique report, reused by every
+    later run with the same tower and cache); the others wait for it.
+
+    Returns:
+        ``(text source, text tower or None, text hidden size)``.
+    """
+    cache_dir = Path(cfg.data.cache)
+    texts = SignalCache.open(cache_dir).reports()["text"].tolist()
+    if not caching_applies(cfg.model.text):
+        tower = TextTower(cfg.model.text)
+        return TextSource(texts), tower, tower.hidden_size
+    target = feature_dir(cache_dir, cfg.model.text)
+    if worker.rank == 0 and not (target / "meta.json").exists():
+        log.info("computing text features of %d unique reports into %s", len(texts), target)
+        build_text_features(cache_dir, TextTower(cfg.model.text), device=worker.device, progress=False)
+    _barrier()
+    store = TextFeatureStore.open(cache_dir, cfg.model.text)
+    return TextSource(texts, store), None, store.hidden_size
+
+
+def _loader(dataset: CacheDataset, batch: int, worker: WorkerInfo, cfg: TrainConfig, *, shuffle: bool) -> DataLoader:
+    sampler = DistributedSampler(
+        dataset, num_replicas=worker.world_size, rank=worker.rank, shuffle=shuffle, seed=cfg.seed, drop_last=True
+    )
+    workers = cfg.data.loader_workers if cfg.data.loader_workers >= 0 else (4 if worker.device.type == "cuda" else 0)
+    return DataLoader(
+        dataset,
+        batch_size=batch,
+        sampler=sampler,
+        collate_fn=keep_batch,
+        drop_last=True,
+        num_workers=workers,
+        pin_memory=worker.device.type == "cuda",
+        persistent_workers=workers > 0,
+    )
+
+
+def _rows(cache: SignalCache, split: str, limit: int = 0) -> np.ndarray:
+    rows = np.flatnonzero((cache.index["split"] == split).to_numpy() & (cache.index["report_id"] >= 0).to_numpy())
+    return rows[:limit] if limit else rows
+
+
+def run_worker(
+    cfg: TrainConfig, worker: WorkerInfo, report: Reporter, *, resume: Path | None = None
+) -> dict[str, float]:
+    """Pretrain DERI on this worker, reporting every epoch (and every N steps).
+
+    Args:
+        cfg: the resolved run config.
+        worker: rank, world size, device and resources of this process.
+        report: callback receiving metrics, plus a checkpoint directory on
+            rank 0 at epoch ends (``None`` otherwise).
+        resume: a checkpoint directory to continue from.
+
+    Returns:
+        The metrics of the last epoch.
+    """
+    device = worker.device
+    cache = SignalCache.open(cfg.data.cache)
+    text, tower, hidden = prepare_text(cfg, worker)
+    seed_everything(cfg.seed)  # identical initial weights on every worker
+    model = DERI(cfg.model, text_tower=tower, text_hidden_size=None if tower else hidden).to(device)
+    distributed = dist.is_available() and dist.is_initialized()
+    if distributed:
+        find_unused = bool(cfg.model.unused_parts())
+        ids = [device.index] if device.type == "cuda" else None
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=find_unused)
+    loss_fn = DeriLoss(cfg.model.loss, worker.rank, worker.world_size)
+    optimizer, scheduler = build_optimizer(model, cfg.optim)
+    scaler = torch.amp.GradScaler(device.type) if cfg.optim.precision == "fp16" else None
+    train_rows = _rows(cache, cfg.data.train_split, cfg.data.limit)
+    val_rows = _rows(cache, cfg.data.val_split)
+    batch = cfg.optim.batch_size
+    if len(train_rows) < batch * worker.world_size:
+        raise ValueError(
+            f"{cfg.data.cache}: {len(train_rows)} training records cannot fill one batch of {batch} x "
+            f"{worker.world_size} workers; lower optim.batch_size"
+        )
+    train_loader = _loader(CacheDataset(cache, train_rows, cfg.data.norm), batch, worker, cfg, shuffle=True)
+    val_batch = min(batch, len(val_rows) // worker.world_size)
+    val_loader = None
+    if val_batch >= 2:
+        val_loader = _loader(CacheDataset(cache, val_rows, cfg.data.norm), val_batch, worker, cfg, shuffle=False)
+    else:
+        log.warning("%s: too few %r records for validation losses", cfg.data.cache, cfg.data.val_split)
+
+    start_epoch, step, hours = 0, 0, 0.0
+    if resume is not None:
+        state, meta = load_checkpoint(resume, map_location=device)
+        _load_trainable(unwrap(model), state["model"], resume)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        start_epoch, step, hours = int(state["epoch"]) + 1, int(state["step"]), float(meta.get("hours", 0.0))
+        log.info("resuming from %s at epoch %d", resume, start_epoch)
+
+    steps_per_epoch = (
+        len(train_loader) if not cfg.max_steps_per_epoch else min(len(train_loader), cfg.max_steps_per_epoch)
+    )
+    metrics: dict[str, float] = {}
+    for epoch in range(start_epoch, cfg.optim.epochs):
+        seed_everything(cfg.seed + 1000 * (epoch + 1) + worker.rank)
+        train_loader.sampler.set_epoch(epoch)
+        started = time.perf_counter()
+
+        def on_step(
+            i: int, values: dict[str, float], epoch: int = epoch, started: float = started, hours: float = hours,
+            step: int = step,
+        ) -> None:  # fmt: skip
+            if cfg.report_every_steps and i % cfg.report_every_steps == 0 and i < steps_per_epoch:
+                used = hours + (time.perf_counter() - started) / 3600 * worker.world_size * worker.resource_per_worker
+                step_metrics = {f"train_{k}": v for k, v in values.items()}
+                report({**step_metrics, "epoch": epoch + i / steps_per_epoch, "step": step + i, "hours": used}, None)
+
+        stats = train_epoch(
+            model, loss_fn, train_loader, text, optimizer, scheduler, device=device, precision=cfg.optim.precision,
+            scaler=scaler, grad_clip=cfg.optim.grad_clip, max_steps=cfg.max_steps_per_epoch, on_step=on_step,
+        )  # fmt: skip
+        val = {}
+        if val_loader is not None:
+            val = evaluate(model, loss_fn, val_loader, text, device=device, precision=cfg.optim.precision)
+        step += stats.steps
+        hours += (time.perf_counter() - started) / 3600 * worker.world_size * worker.resource_per_worker
+        metrics = {
+            **{f"train_{k}": v for k, v in stats.losses.items()},
+            **{f"val_{k}": v for k, v in val.items()},
+            "epoch": float(epoch + 1),
+            "step": float(step),
+            "lr": float(scheduler.get_last_lr()[0]),
+            "samples_per_s": stats.samples_per_s * worker.world_size,
+            "hours": hours,
+            f"{worker.resource_kind}_hours": hours,
+        }
+        if worker.rank == 0:
+            with tempfile.TemporaryDirectory(prefix="deri-ckpt-") as tmp:
+                state = {
+                    "model": _trainable_state(unwrap(model), tower is not None),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict() if scaler is not None else None,
+                    "epoch": epoch,
+                    "step": step,
+                    "rng": rng_state(),
+                }
+                meta = {
+                    "config": to_dict(cfg),
+                    "text_hidden_size": hidden,
+                    "epoch": epoch,
+                    "seed": cfg.seed,
+                    "world_size": worker.world_size,
+                    "hours": hours,
+                    "metrics": metrics,
+                }
+                report(metrics, save_checkpoint(tmp, state, meta))
+        else:
+            report(metrics, None)
+    return metrics
+
+
+def _trainable_state(model: DERI, has_tower: bool) -> dict[str, torch.Tensor]:
+    """The model's state dict, without the frozen text tower's weights (they come from its package/hub)."""
+    state = model.state_dict()
+    if has_tower and model.text is not None and model.text.frozen:
+        state = {k: v for k, v in state.items() if not k.startswith("text.")}
+    return state
+
+
+def _load_trainable(model: DERI, state: dict[str, torch.Tensor], source: Path) -> None:
+    """Load a checkpoint's weights; only a frozen tower's weights may be absent."""
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    bad = [k for k in missing if not k.startswith("text.")] + list(unexpected)
+    if bad:
+        raise ValueError(f"{source}: checkpoint does not match this model config (e.g. {bad[:3]})")
