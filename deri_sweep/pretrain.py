@@ -41,7 +41,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--config", type=Path, help="YAML with sections model/data/optim (default: the spec's)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one config value, e.g. --set model.interaction.depth=4 (repeatable)")  # fmt: skip
+                        help="override a config value, e.g. --set model.interaction.depth=4 (repeatable)")  # fmt: skip
     parser.add_argument("--workers", type=int, default=2, help="Ray Train workers (default 2)")
     parser.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per worker (0: train on CPU)")
     parser.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs per worker (fractions allowed)")
