@@ -28,14 +28,12 @@ import math
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import numpy as np
-import pandas as pd
 import torch
 
-from deri_sweep.data.splits import training_subset
 from deri_sweep.evaluate.metrics import auroc_columns, macro_over_defined
 
 log = logging.getLogger(__name__)
@@ -315,88 +313,3 @@ def linear_probe(
     return linear_probe_many(train_x, train_y, val_x, val_y, test_x, test_y, None, [config.seed], config, class_names)[
         0
     ]
-
-
-def task_rows(labels: np.ndarray, split: np.ndarray, fraction: float, seed: int) -> dict[str, np.ndarray]:
-    """Rows of one task's train subset, val and test.
-
-    Records without any positive label of the task are left out first (the
-    PTB-XL form/rhythm rule); the train subset is then drawn from the remaining
-    train rows with :func:`deri_sweep.data.splits.training_subset` (a fixed-seed
-    permutation, so smaller fractions are nested in larger ones). Val and test
-    are always full.
-
-    Args:
-        labels: (N, C) 0/1 labels of the task.
-        split: (N,) ``"train" | "val" | "test"`` (other values are ignored).
-        fraction: training-data fraction in (0, 1].
-        seed: seed of the subset draw.
-
-    Returns:
-        ``{"train", "val", "test"}`` -> sorted row numbers into ``labels``.
-    """
-    split = np.asarray(split).astype(str)
-    kept = np.flatnonzero(np.asarray(labels).sum(axis=1) > 0)
-    frame = pd.DataFrame({"split": split[kept]})
-    out = {"train": kept[training_subset(frame, fraction, seed)]}
-    for name in ("val", "test"):
-        out[name] = kept[split[kept] == name]
-    dropped = len(split) - len(kept)
-    if dropped:
-        log.info("left out %d record(s) without a label of this task", dropped)
-    return out
-
-
-def probe_fractions(
-    features: np.ndarray,
-    labels: np.ndarray,
-    split: np.ndarray,
-    fractions: Sequence[float],
-    seeds: Sequence[int],
-    config: ProbeConfig | None = None,
-    class_names: Sequence[str] | None = None,
-) -> list[ProbeResult]:
-    """Probe every (fraction, seed) pair of one task in one batched run.
-
-    Seed ``s`` drives both the subset draw (:func:`task_rows`) and the head
-    (initialisation and shuffling); ``config.seed`` is not used.
-
-    Args:
-        features: (N, D) float32 features of all records.
-        labels: (N, C) 0/1 labels of the task.
-        split: (N,) split names.
-        fractions: training fractions, e.g. (0.01, 0.1, 1.0).
-        seeds: seeds.
-        config: hyper-parameters.
-        class_names: (C,) names.
-
-    Returns:
-        One :class:`ProbeResult` per pair, ordered ``[(f, s) for f in fractions for s in seeds]``.
-    """
-    pairs = [(float(f), int(s)) for f in fractions for s in seeds]
-    rows = task_rows(labels, split, 1.0, 0)
-    if not all(len(r) for r in rows.values()):
-        raise ValueError(f"task has an empty split: { {k: len(r) for k, r in rows.items()} }")
-    position = np.full(len(labels), -1, dtype=np.int64)  # full-array row -> row of the train block
-    position[rows["train"]] = np.arange(len(rows["train"]))
-    subsets = [position[task_rows(labels, split, f, s)["train"]] for f, s in pairs]
-    x, y = np.asarray(features, dtype=np.float32), np.asarray(labels)
-    blocks = [a[rows[k]] for k in ("train", "val", "test") for a in (x, y)]
-    results = linear_probe_many(*blocks, subsets, [s for _, s in pairs], config, class_names)
-    return [replace(r, fraction=f) for r, (f, _) in zip(results, pairs, strict=True)]
-
-
-def probe_with_fraction(
-    features: np.ndarray,
-    labels: np.ndarray,
-    split: np.ndarray,
-    fraction: float,
-    seed: int,
-    config: ProbeConfig | None = None,
-    class_names: Sequence[str] | None = None,
-) -> ProbeResult:
-    """One probe at one training fraction: :func:`probe_fractions` with the single pair ``(fraction, seed)``.
-
-    Args and shapes as :func:`probe_fractions`; ``seed`` seeds the subset draw AND the head.
-    """
-    return probe_fractions(features, labels, split, [fraction], [seed], config, class_names)[0]

@@ -4,18 +4,26 @@ One text prompt per class (its description, optionally expanded with synonyms)
 is encoded elsewhere by the text tower + ``proj_t``; here the class embeddings
 and the ECG embeddings (``m_e``) are L2-normalised and compared by cosine
 similarity, and the similarities are scored by macro AUROC.
+:func:`zero_shot_task` does the whole task: prompts from the cache's class
+descriptions, encoded by a model with its text tower, scored on the TEST split.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
+import pandas as pd
 import torch
 
+from deri_sweep.data.cache import SignalCache
 from deri_sweep.evaluate.metrics import MacroAuroc, macro_auroc
+from deri_sweep.evaluate.probe_tasks import TIDY_COLUMNS, Task, task_rows
+
+if TYPE_CHECKING:
+    from deri_sweep.model.deri import DERI
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -100,3 +108,74 @@ def build_prompts(
             log.debug("no description for class %r: using its name", name)
         prompts.append(", ".join(parts))
     return prompts
+
+
+@torch.no_grad()
+def encode_prompts(model: DERI, prompts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
+    """Prompts -> L2-normalised class embeddings z_t = norm(proj_t(p)) via the model's text tower.
+
+    Args:
+        model: a DERI WITH its text tower (``load_pretrained(..., with_text_tower=True)``).
+        prompts: (C,) prompt strings.
+        batch_size: prompts per forward.
+
+    Returns:
+        (C, d) float32 on the CPU.
+    """
+    if model.text is None:
+        raise ValueError("zero-shot needs the text tower: load the model with with_text_tower=True")
+    was_training = model.training
+    model.eval()
+    device = next(model.proj_t.parameters()).device
+    out = []
+    try:
+        for start in range(0, len(prompts), batch_size):
+            enc = model.text.tokenize(list(prompts[start : start + batch_size]))
+            out.append(model.encode_text(enc["input_ids"].to(device), enc["attention_mask"].to(device)).float().cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(out)
+
+
+def zero_shot_task(
+    model: DERI,
+    features: np.ndarray,
+    cache: SignalCache,
+    task: Task,
+    synonyms: Mapping[str, Sequence[str]] | None = None,
+) -> pd.DataFrame:
+    """Zero-shot macro AUROC of one task on the TEST split.
+
+    Prompts are the class descriptions of ``cache.info["class_descriptions"][task.label_set]``
+    (class names where missing, see :func:`build_prompts`); test records without any
+    positive label of the task are left out, as in the linear probe.
+
+    Args:
+        model: a DERI with its text tower.
+        features: (N, d) ``mix`` features (m_e) of every record, rows aligned with ``cache.index``.
+        cache: the task's cache.
+        task: which label set.
+        synonyms: optional extra phrasings per class name.
+
+    Returns:
+        Tidy rows (:data:`~deri_sweep.evaluate.probe_tasks.TIDY_COLUMNS`, method ``"zero_shot"``,
+        fraction and probe_seed NaN): metrics ``zero_shot_auroc``, ``n_undefined_classes``,
+        ``n_test`` and ``zero_shot_auroc/<class>``.
+    """
+    features = np.asarray(features)
+    if features.ndim != 2 or len(features) != len(cache):
+        raise ValueError(f"features {features.shape} must be (N, d) with N = {len(cache)} records of {cache.root}")
+    names = cache.label_sets[task.label_set]
+    descriptions = cache.info.get("class_descriptions", {}).get(task.label_set)
+    prompts = build_prompts(names, descriptions, synonyms)
+    labels = cache.labels(task.label_set)
+    test = task_rows(labels, cache.index["split"].to_numpy(str), 1.0, 0)["test"]
+    if not len(test):
+        raise ValueError(f"{task.name}: no test record with a label of this task")
+    result = zero_shot_auroc(features[test], encode_prompts(model, prompts), labels[test])
+    values = {"zero_shot_auroc": result.macro, "n_undefined_classes": float(result.n_undefined), "n_test": len(test)}
+    values.update({f"zero_shot_auroc/{n}": float(v) for n, v in zip(names, result.per_class, strict=True)})
+    log.info("%s zero-shot macro AUROC %.4f (%d test records)", task.name, result.macro, len(test))
+    base = {"task": task.name, "label_set": task.label_set, "method": "zero_shot", "fraction": np.nan}
+    rows = [{**base, "probe_seed": np.nan, "metric": k, "value": float(v)} for k, v in values.items()]
+    return pd.DataFrame(rows, columns=list(TIDY_COLUMNS))

@@ -97,6 +97,7 @@ def build_trainer(
     name: str,
     max_failures: int = 2,
     keep_checkpoints: int = 2,
+    callbacks: list[Any] | None = None,
 ) -> TorchTrainer:
     """A TorchTrainer for one pretraining run.
 
@@ -106,7 +107,8 @@ def build_trainer(
         storage: local path or URI (``s3://``, ``gs://``) where Ray keeps checkpoints.
         name: run name; deterministic names let Ray restore an interrupted run.
         max_failures: worker-group restarts from the last checkpoint before giving up.
-        keep_checkpoints: checkpoints kept (the best by val_total and the latest).
+        keep_checkpoints: checkpoints kept (the latest ones).
+        callbacks: Ray Train callbacks (e.g. Tune's report callback inside a sweep).
 
     Returns:
         The trainer; call ``.fit()``.
@@ -117,6 +119,7 @@ def build_trainer(
         storage_path=storage,
         failure_config=FailureConfig(max_failures=max_failures),
         checkpoint_config=CheckpointConfig(num_to_keep=keep_checkpoints),
+        callbacks=callbacks or [],
     )
     return TorchTrainer(
         train_loop_per_worker,

@@ -1,0 +1,159 @@
+"""Downstream evaluation of a checkpoint as dependent Ray tasks.
+
+:func:`probe_suite` submits, for one checkpoint, one feature-extraction task
+per (dataset cache, encoder) and, depending on it through its ObjectRef, one
+linear-probe task per (task, fraction, seed), plus zero-shot and report
+generation when planned. Ray orders them; nothing here blocks until
+:func:`collect` is called (from a trial's own driver, never from Tune's event
+loop). A task that fails is retried, then recorded as failed: never lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import ray
+
+from deri_sweep.orchestration.spaces import ProbePlan
+
+log = logging.getLogger(__name__)
+
+RETRIES = 2
+
+
+@dataclass(frozen=True)
+class ProbeResources:
+    """Resource request of one probe task (fractional GPUs share a card on a cluster)."""
+
+    num_cpus: float = 0.25
+    num_gpus: float = 0.0
+
+
+def _extract(source: str, cache_dir: str, feature: str, feature_root: str, checkpoint: str) -> np.ndarray:
+    from deri_sweep.evaluate.features import cached_features
+    from deri_sweep.model.pretrained import read_train_config
+
+    kwargs: dict[str, Any] = {}
+    if source.startswith("random:"):
+        from deri_sweep.checkpoint import load_checkpoint
+
+        _, meta = load_checkpoint(checkpoint)
+        config, hidden = read_train_config(checkpoint, meta)
+        kwargs = {"train_config": config, "text_hidden_size": hidden}
+    return cached_features(source, cache_dir, feature, feature_root, progress=False, **kwargs)
+
+
+def _linear_probe(
+    features: np.ndarray, cache_dir: str, label_set: str, fraction: float, seed: int, epochs: int
+) -> pd.DataFrame:
+    from deri_sweep.data.cache import SignalCache
+    from deri_sweep.evaluate import ProbeConfig
+    from deri_sweep.evaluate.probe_tasks import run_linear_probes, tasks_of_cache
+
+    cache = SignalCache.open(cache_dir)
+    task = next(t for t in tasks_of_cache(cache) if t.label_set == label_set)
+    return run_linear_probes(features, cache, task, [fraction], [seed], ProbeConfig(epochs=epochs))
+
+
+def _zero_shot(features: np.ndarray, checkpoint: str, cache_dir: str, label_set: str) -> pd.DataFrame:
+    from deri_sweep.data.cache import SignalCache
+    from deri_sweep.evaluate.probe_tasks import tasks_of_cache
+    from deri_sweep.evaluate.zero_shot import zero_shot_task
+    from deri_sweep.model.pretrained import load_pretrained
+
+    model, _ = load_pretrained(checkpoint, with_text_tower=True)
+    cache = SignalCache.open(cache_dir)
+    task = next(t for t in tasks_of_cache(cache) if t.label_set == label_set)
+    return zero_shot_task(model, features, cache, task)
+
+
+@dataclass
+class Pending:
+    """A submitted probe task and what it evaluates (for failure rows)."""
+
+    ref: ray.ObjectRef
+    encoder: str
+    task: str
+    eval: str
+    fraction: float
+    probe_seed: float
+
+
+def probe_suite(
+    checkpoint: str | Path,
+    plan: ProbePlan,
+    caches: dict[str, str | Path],
+    feature_root: str | Path,
+    *,
+    resources: ProbeResources | None = None,
+) -> list[Pending]:
+    """Submit every probe of ``plan`` for one checkpoint (and the random-init floor).
+
+    Args:
+        checkpoint: checkpoint directory (see :mod:`deri_sweep.checkpoint`).
+        plan: datasets, fractions, seeds, feature and extras.
+        caches: dataset name (``ptbxl``, ``cpsc2018``, ``csn``) -> prepared cache.
+        feature_root: where extracted features are kept for reuse.
+        resources: per-task resource request.
+
+    Returns:
+        Pending tasks; pass them to :func:`collect`.
+    """
+    from deri_sweep.data.cache import SignalCache
+    from deri_sweep.evaluate.probe_tasks import tasks_of_cache
+
+    res = resources or ProbeResources()
+    opts = {"num_cpus": res.num_cpus, "num_gpus": res.num_gpus, "max_retries": RETRIES, "retry_exceptions": True}
+    extract = ray.remote(_extract).options(**opts)
+    probe = ray.remote(_linear_probe).options(**opts)
+    zero_shot = ray.remote(_zero_shot).options(**opts)
+    checkpoint = str(checkpoint)
+    encoders = {"pretrained": checkpoint}
+    if plan.random_floor:
+        encoders["random_init"] = "random:0"
+    pending: list[Pending] = []
+    for dataset in plan.datasets:
+        if dataset not in caches:
+            raise ValueError(f"probe dataset {dataset!r} has no cache; known: {sorted(caches)}")
+        cache_dir = str(caches[dataset])
+        tasks = tasks_of_cache(SignalCache.open(cache_dir))
+        for encoder, source in encoders.items():
+            features = extract.remote(source, cache_dir, plan.feature, str(feature_root), checkpoint)
+            for task in tasks:
+                for fraction in plan.fractions:
+                    for seed in plan.seeds:
+                        ref = probe.remote(features, cache_dir, task.label_set, fraction, seed, plan.epochs)
+                        pending.append(Pending(ref, encoder, task.name, "linear_probe", fraction, seed))
+                if plan.zero_shot and encoder == "pretrained" and plan.feature == "mix":
+                    ref = zero_shot.remote(features, checkpoint, cache_dir, task.label_set)
+                    pending.append(Pending(ref, encoder, task.name, "zero_shot", math.nan, math.nan))
+    return pending
+
+
+def collect(pending: list[Pending]) -> pd.DataFrame:
+    """Wait for probe tasks; failed ones (after retries) become ``status=failed`` rows.
+
+    Returns:
+        Tidy rows with ``encoder`` and ``status`` columns added.
+    """
+    frames = []
+    for item in pending:
+        try:
+            frame = ray.get(item.ref).copy()
+            frame["status"] = "ok"
+        except (ray.exceptions.RayError, ValueError) as exc:
+            log.error("probe %s/%s fraction %s seed %s failed: %s", item.encoder, item.task, item.fraction,
+                      item.probe_seed, exc)  # fmt: skip
+            frame = pd.DataFrame(
+                [{"task": item.task, "method": item.eval, "fraction": item.fraction, "probe_seed": item.probe_seed,
+                  "metric": "error", "value": math.nan, "status": "failed"}]
+            )  # fmt: skip
+        frame["encoder"] = item.encoder
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

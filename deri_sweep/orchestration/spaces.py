@@ -1,0 +1,264 @@
+"""Ablation search spaces: one validated YAML format for grids, named variants and Optuna searches.
+
+A space file (see ``search_spaces/*.yaml``) has these sections::
+
+    name: interaction_depth            # defaults to the file name
+    description: ...
+    base: {optim.epochs: 3, ...}       # TrainConfig overrides shared by every trial
+    search: grid                       # grid | optuna
+    variants: {full: {}, no_decode_t: {model.interaction.decode_t: false, ...}}
+    grid: {model.interaction.depth: [0, 1, 2, 4]}
+    optuna:                            # search: optuna only
+      model.interaction.depth: {type: int, low: 0, high: 4}
+      model.loss.w_dec_t: {type: float, low: 0.0, high: 1.0, when: {model.interaction.decode_t: true}}
+    num_samples: 20                    # optuna trials (per seed)
+    seeds: [42, 43, 44]                # replicates of every configuration
+    metric: val_total
+    mode: min
+    objective: pretrain                # pretrain (metric above) | probe (mean val AUROC of the probe plan)
+    baseline: full
+    scheduler: {type: asha, grace_period: 1, reduction_factor: 2}
+    trial: {workers: 2, gpus_per_worker: 0, cpus_per_worker: 0.49, driver_cpus: 0.01}
+    probes: {datasets: [ptbxl], fractions: [0.01, 0.1, 1.0], seeds: [0], ...}
+
+Every configuration a space can produce is checked against :class:`TrainConfig`
+when the file is loaded, so a typo or an impossible combination fails before
+any trial starts.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from deri_sweep.config import ConfigError, apply_overrides, from_dict
+from deri_sweep.train_config import TrainConfig
+
+SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
+
+
+@dataclass
+class ParamSpec:
+    """One Optuna parameter.
+
+    Attributes:
+        type: ``int``, ``float`` or ``categorical``.
+        low: lower bound (int/float).
+        high: upper bound (int/float).
+        log: sample on a log scale.
+        choices: values of a categorical parameter.
+        when: only sample this parameter when every ``key: value`` here holds for
+            the other sampled parameters (conditional spaces); otherwise the base
+            config's value is kept.
+    """
+
+    type: Literal["int", "float", "categorical"] = "float"
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: list[Any] | None = None
+    when: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if self.type == "categorical":
+            if not self.choices:
+                raise ConfigError("a categorical parameter needs a non-empty 'choices' list")
+        elif self.low is None or self.high is None or self.low > self.high:
+            raise ConfigError(f"a {self.type} parameter needs low <= high, got low={self.low} high={self.high}")
+        elif self.log and self.low <= 0:
+            raise ConfigError("a log-scale parameter needs low > 0")
+
+
+@dataclass
+class SchedulerSpec:
+    """Early stopping of pretraining trials.
+
+    Attributes:
+        type: ``asha`` (asynchronous successive halving) or ``none``.
+        grace_period: epochs every trial runs before it can be stopped.
+        reduction_factor: ASHA's halving rate.
+    """
+
+    type: Literal["asha", "none"] = "asha"
+    grace_period: int = 1
+    reduction_factor: float = 2.0
+
+
+@dataclass
+class TrialSpec:
+    """Resources of one trial: its TorchTrainer workers and its (light) driver.
+
+    Attributes:
+        workers: Ray Train workers per trial (4 on a GPU cluster).
+        gpus_per_worker: GPUs per worker (0 trains on CPU).
+        cpus_per_worker: CPUs per worker (fractions allowed).
+        driver_cpus: CPUs reserved for the trial's driver function.
+        max_failures: restarts of a trial's worker group from its last checkpoint.
+    """
+
+    workers: int = 2
+    gpus_per_worker: float = 0.0
+    cpus_per_worker: float = 0.49
+    driver_cpus: float = 0.01
+    max_failures: int = 2
+
+
+@dataclass
+class ProbePlan:
+    """Downstream evaluation of every trial's checkpoint.
+
+    Attributes:
+        datasets: caches to probe (``ptbxl`` gives super/sub/form/rhythm; ``cpsc2018``; ``csn``).
+        fractions: training-data fractions.
+        seeds: probe seeds per fraction.
+        feature: ECG feature (``mix``, ``aligned``, ``resnet``).
+        epochs: linear-probe epochs (spec: 100).
+        zero_shot: also score zero-shot AUROC.
+        report_generation: also fine-tune the report decoder on frozen features.
+        random_floor: also evaluate a randomly initialised encoder.
+    """
+
+    datasets: list[str] = field(default_factory=lambda: ["ptbxl"])
+    fractions: list[float] = field(default_factory=lambda: [0.01, 0.1, 1.0])
+    seeds: list[int] = field(default_factory=lambda: [0])
+    feature: Literal["mix", "aligned", "resnet"] = "mix"
+    epochs: int = 100
+    zero_shot: bool = True
+    report_generation: bool = False
+    random_floor: bool = True
+
+
+@dataclass
+class SearchSpace:
+    """A validated ablation space (see the module docstring for the YAML)."""
+
+    name: str = ""
+    description: str = ""
+    base: dict[str, Any] = field(default_factory=dict)
+    search: Literal["grid", "optuna"] = "grid"
+    variants: dict[str, dict[str, Any]] = field(default_factory=dict)
+    grid: dict[str, list[Any]] = field(default_factory=dict)
+    optuna: dict[str, ParamSpec] = field(default_factory=dict)
+    num_samples: int = 10
+    seeds: list[int] = field(default_factory=lambda: [42])
+    metric: str = "val_total"
+    mode: Literal["min", "max"] = "min"
+    objective: Literal["pretrain", "probe"] = "pretrain"
+    baseline: str = ""
+    scheduler: SchedulerSpec = field(default_factory=SchedulerSpec)
+    trial: TrialSpec = field(default_factory=TrialSpec)
+    probes: ProbePlan = field(default_factory=ProbePlan)
+
+    def __post_init__(self) -> None:
+        if not self.seeds:
+            raise ConfigError("seeds: give at least one pretraining seed")
+        if self.search == "grid":
+            if self.optuna:
+                raise ConfigError("optuna: parameters given but search is 'grid'; set search: optuna")
+            empty = [k for k, v in self.grid.items() if not v]
+            if empty:
+                raise ConfigError(f"grid: axis {empty[0]!r} has no values")
+        else:
+            if not self.optuna:
+                raise ConfigError("search: optuna needs at least one parameter under 'optuna'")
+            if self.grid:
+                raise ConfigError("grid: axes given but search is 'optuna'; move them under 'optuna' as categorical")
+
+    def train_config(self, overrides: dict[str, Any], seed: int) -> TrainConfig:
+        """The TrainConfig of one trial: base, then the trial's overrides, then its seed."""
+        merged = {**self.base, **overrides, "seed": seed}
+        return apply_overrides(
+            TrainConfig(),
+            [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip()}" for k, v in _flat(merged).items()],
+        )
+
+    def grid_points(self) -> list[tuple[str, dict[str, Any]]]:
+        """Every (variant name, overrides) of a grid search: variants x grid axes.
+
+        Returns:
+            One entry per configuration (seeds not expanded), named
+            ``variant`` or ``variant/key=value,...``.
+        """
+        variants = self.variants or {"base": {}}
+        keys = list(self.grid)
+        points = []
+        for (vname, vover), values in itertools.product(variants.items(), itertools.product(*self.grid.values())):
+            combo = dict(zip(keys, values, strict=True))
+            label = vname if not combo else f"{vname}/" + ",".join(f"{k.split('.')[-1]}={v}" for k, v in combo.items())
+            if not self.variants and combo:
+                label = label.removeprefix("base/")
+            points.append((label, {**_flat(vover), **combo}))
+        return points
+
+    def validate(self) -> None:
+        """Build the TrainConfig of every configuration this space can produce.
+
+        Raises:
+            ConfigError: naming the configuration and what is wrong with it.
+        """
+        try:
+            self.train_config({}, self.seeds[0])
+        except ConfigError as exc:
+            raise ConfigError(f"base: {exc}") from exc
+        if self.search == "grid":
+            labels = [label for label, _ in self.grid_points()]
+            if self.baseline and self.baseline not in labels:
+                raise ConfigError(f"baseline: {self.baseline!r} is not one of the configurations {labels}")
+            for label, overrides in self.grid_points():
+                try:
+                    self.train_config(overrides, self.seeds[0])
+                except ConfigError as exc:
+                    raise ConfigError(f"configuration {label!r}: {exc}") from exc
+            return
+        for key, spec in self.optuna.items():
+            probe = (
+                spec.choices[0] if spec.type == "categorical" else (int(spec.low) if spec.type == "int" else spec.low)
+            )
+            try:
+                self.train_config({**(spec.when or {}), key: probe}, self.seeds[0])
+            except ConfigError as exc:
+                raise ConfigError(f"optuna.{key}: {exc}") from exc
+
+
+def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Flatten nested mappings into dotted keys: {"a": {"b": 1}} -> {"a.b": 1}."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value and all(isinstance(k, str) for k in value):
+            out.update(_flat(value, f"{dotted}."))
+        else:
+            out[dotted] = value
+    return out
+
+
+def load_space(path_or_name: str | Path) -> SearchSpace:
+    """Load and fully validate a space: a YAML path, or a name in ``search_spaces/``.
+
+    Raises:
+        ConfigError: unreadable file, unknown key, wrong type, empty grid or an
+            invalid configuration; the message starts with the file path.
+    """
+    path = Path(path_or_name)
+    if not path.suffix and not path.exists():
+        path = SPACES_DIR / f"{path_or_name}.yaml"
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except OSError as exc:
+        shipped = ", ".join(sorted(p.stem for p in SPACES_DIR.glob("*.yaml")))
+        raise ConfigError(f"{path}: cannot read search space ({exc.strerror}); shipped spaces: {shipped}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    data.setdefault("name", path.stem)
+    try:
+        space = from_dict(SearchSpace, data)
+        space.validate()
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    return space

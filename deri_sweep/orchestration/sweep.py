@@ -1,0 +1,231 @@
+"""The ablation sweep: Ray Tune (+ Optuna) over DERI pretraining trials, each probed downstream.
+
+Every trial is a Tune *function trainable* (:func:`trial_driver`) holding a
+sliver of CPU. It builds and fits a TorchTrainer (named after the trial, so a
+restored sweep resumes it), streams the epochs to Tune through Ray Train's
+Tune callback (ASHA decides on them), then -- the TorchTrainer's workers and
+GPUs already released -- runs the probe suite as dependent Ray tasks on the
+checkpoint and reports the final objective. Everything a trial produced is
+written under ``RUN_DIR/trials/<trial_id>/`` atomically, so a resumed sweep
+does not redo finished trials or probes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import ray
+from ray import tune
+
+from deri_sweep.checkpoint import git_commit
+from deri_sweep.config import from_dict, to_dict
+from deri_sweep.io_utils import atomic_write_bytes, atomic_write_text
+from deri_sweep.orchestration.pretrain import TrialResources, build_trainer
+from deri_sweep.orchestration.probe_tasks import ProbeResources, collect, probe_suite
+from deri_sweep.orchestration.searchers import (
+    BudgetSearcher,
+    PlanSearcher,
+    PruningOptunaSearch,
+    StopRecordingASHA,
+    define_by_run,
+)
+from deri_sweep.orchestration.spaces import SearchSpace
+from deri_sweep.results import config_hash
+
+log = logging.getLogger(__name__)
+
+STOPPED_FILE = "stopped_trials.txt"
+
+
+@dataclass
+class SweepContext:
+    """What every trial driver needs to know (sent to trials by value).
+
+    Attributes:
+        run_id: the sweep's id.
+        run_dir: the run directory (shared storage on a cluster).
+        space: the validated space, as a dict.
+        caches: dataset name -> prepared cache directory.
+        storage: where Ray keeps trial checkpoints (a folder or URI).
+        probe_resources: resource request of one probe task.
+    """
+
+    run_id: str
+    run_dir: str
+    space: dict[str, Any]
+    caches: dict[str, str]
+    storage: str
+    probe_resources: dict[str, float] = field(default_factory=lambda: {"num_cpus": 0.25, "num_gpus": 0.0})
+
+
+def _objective(space: SearchSpace, metrics: dict[str, Any], probes: pd.DataFrame | None) -> float:
+    """The trial's objective: the pretraining metric, or mean val macro AUROC of its probes."""
+    if space.objective == "pretrain" or probes is None or probes.empty:
+        return float(metrics.get(space.metric, math.nan))
+    val = probes[(probes["encoder"] == "pretrained") & (probes["metric"] == "best_val_auroc")]["value"]
+    return float(val.mean()) if len(val) else math.nan
+
+
+def trial_driver(config: dict[str, Any], context: SweepContext) -> None:
+    """One trial: pretrain (TorchTrainer), then probe the checkpoint, then report the objective."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    space = from_dict(SearchSpace, context.space)
+    trial_id = tune.get_context().get_trial_id()
+    run_dir = Path(context.run_dir)
+    out = run_dir / "trials" / trial_id
+    out.mkdir(parents=True, exist_ok=True)
+    overrides, seed = dict(config["overrides"]), int(config["seed"])
+    cfg = space.train_config(overrides, seed)
+    resources = TrialResources(space.trial.workers, space.trial.gpus_per_worker, space.trial.cpus_per_worker)
+    started = time.time()
+    trainer = build_trainer(
+        cfg, resources, storage=context.storage, name=f"trial_{trial_id}",
+        max_failures=space.trial.max_failures, callbacks=[TuneReportCallback()],
+    )  # fmt: skip
+    result = trainer.fit()
+    if result.error is not None or result.checkpoint is None:
+        raise RuntimeError(f"trial {trial_id}: pretraining failed: {result.error}")
+    checkpoint = result.checkpoint.path
+    metrics = dict(result.metrics)
+    summary = {
+        "trial_id": trial_id,
+        "variant": config["variant"],
+        "seed": seed,
+        "overrides": overrides,
+        "config_hash": config_hash(overrides),
+        "checkpoint": checkpoint,
+        "hours": float(metrics.get("hours", 0.0)),
+        "epochs": float(metrics.get("epoch", 0.0)),
+        "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+        "git_commit": git_commit(),
+        "optuna_number": config.get("optuna_number"),
+        "pretrain_seconds": time.time() - started,
+    }
+    atomic_write_text(out / "trial.json", json.dumps(summary, indent=2))
+    probes = None
+    if space.probes.datasets:
+        probes_file = out / "probes.parquet"
+        if probes_file.exists():
+            probes = pd.read_parquet(probes_file)
+        else:
+            pending = probe_suite(
+                checkpoint, space.probes, context.caches, run_dir / "features",
+                resources=ProbeResources(**context.probe_resources),
+            )  # fmt: skip
+            probes = collect(pending)
+            atomic_write_bytes(probes_file, probes.to_parquet(index=False))
+    objective = _objective(space, metrics, probes)
+    final = {k: metrics[k] for k in (space.metric, "epoch", "hours") if k in metrics}
+    tune.report({**final, "objective": objective, "probes_done": 1.0})
+
+
+def max_concurrent(space: SearchSpace) -> int:
+    """How many trials fit the cluster at once, from its GPUs (or CPUs) and the trial size."""
+    total = ray.cluster_resources()
+    trial = space.trial
+    if trial.gpus_per_worker > 0:
+        fit = total.get("GPU", 0.0) / (trial.workers * trial.gpus_per_worker)
+    else:
+        fit = total.get("CPU", 0.0) / (trial.workers * trial.cpus_per_worker + trial.driver_cpus)
+    return max(1, math.floor(fit + 1e-9))
+
+
+def trial_plan(space: SearchSpace) -> list[dict[str, Any]]:
+    """Every trial config of a grid space: configurations x seeds."""
+    return [
+        {"variant": label, "overrides": overrides, "seed": seed}
+        for label, overrides in space.grid_points()
+        for seed in space.seeds
+    ]
+
+
+def _searcher(space: SearchSpace, run_id: str, optuna_storage: str) -> tuple[Any, int]:
+    """The space's searcher and the number of trials to sample."""
+    if space.search == "grid":
+        plan = trial_plan(space)
+        return PlanSearcher(plan), len(plan)
+    import optuna
+
+    mode = "max" if space.objective == "probe" else space.mode
+    storage = optuna.storages.RDBStorage(optuna_storage)
+    searcher = PruningOptunaSearch(
+        run_id, space.metric, seed=space.seeds[0], space=define_by_run(space.optuna), metric="objective", mode=mode,
+        sampler=optuna.samplers.TPESampler(seed=space.seeds[0]), study_name=run_id, storage=storage,
+    )  # fmt: skip
+    return searcher, space.num_samples
+
+
+def run_sweep(
+    space: SearchSpace,
+    run_dir: str | Path,
+    caches: dict[str, str | Path],
+    *,
+    run_id: str,
+    optuna_storage: str | None = None,
+    storage: str | None = None,
+    budget_hours: float = math.inf,
+    resume: bool = False,
+    concurrency: int | None = None,
+    probe_resources: dict[str, float] | None = None,
+) -> tune.ResultGrid:
+    """Run (or resume) a sweep into ``run_dir``.
+
+    Args:
+        space: the validated space.
+        run_dir: the run directory.
+        caches: dataset name -> cache directory (``mimic`` for pretraining, probe datasets).
+        run_id: the sweep's id (the Optuna study name).
+        optuna_storage: Optuna RDB URL; default a SQLite file in the run directory.
+        storage: where Ray keeps checkpoints (default ``run_dir/train``); a URI on clusters.
+        budget_hours: no new trial starts once trials used this many compute hours.
+        resume: continue an interrupted sweep from ``run_dir``.
+        concurrency: max concurrent trials (default: what the cluster fits).
+        probe_resources: resource request of one probe task.
+
+    Returns:
+        Tune's result grid.
+    """
+    run_dir = Path(run_dir).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    context = SweepContext(
+        run_id, str(run_dir), to_dict(space), {k: str(v) for k, v in caches.items()},
+        storage or str(run_dir / "train"), probe_resources or {"num_cpus": 0.25, "num_gpus": 0.0},
+    )  # fmt: skip
+    trainable = tune.with_resources(
+        tune.with_parameters(trial_driver, context=context), {"CPU": space.trial.driver_cpus}
+    )
+    tune_dir = run_dir / "tune"
+    if resume and tune.Tuner.can_restore(str(tune_dir)):
+        log.info("resuming the sweep in %s", tune_dir)
+        tuner = tune.Tuner.restore(str(tune_dir), trainable=trainable, resume_unfinished=True, resume_errored=True)
+        return tuner.fit()
+    storage_url = optuna_storage or f"sqlite:///{run_dir / 'optuna.db'}"
+    searcher, samples = _searcher(space, run_id, storage_url)
+    scheduler = None
+    if space.scheduler.type == "asha":
+        epochs = int(space.train_config({}, space.seeds[0]).optim.epochs)
+        scheduler = StopRecordingASHA(
+            run_id, record=run_dir / STOPPED_FILE, time_attr="epoch", metric=space.metric, mode=space.mode,
+            max_t=epochs, grace_period=space.scheduler.grace_period, reduction_factor=space.scheduler.reduction_factor,
+        )  # fmt: skip
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=BudgetSearcher(searcher, budget_hours),
+            scheduler=scheduler,
+            num_samples=samples,
+            max_concurrent_trials=concurrency or max_concurrent(space),
+            reuse_actors=False,
+        ),
+        run_config=tune.RunConfig(name="tune", storage_path=str(run_dir), verbose=1),
+    )
+    return tuner.fit()

@@ -1,0 +1,153 @@
+"""Run directory -> tidy result tables: the contract ``analysis/`` reads.
+
+Reads only files (no Ray): Tune's per-trial folders under ``RUN_DIR/tune/``
+(``params.json``, ``result.json``), each trial's ``RUN_DIR/trials/<id>/``
+(``trial.json``, ``probes.parquet``) and the scheduler's stop record, and
+writes (atomically)
+
+- ``results.parquet`` / ``results.csv``: one row per (trial, config, seed, task,
+  fraction, probe seed, metric) with lineage (trial id, checkpoint, git commit,
+  config hash, hours) and one ``param/<key>`` column per searched key;
+- ``trials.parquet``: one row per trial with its state (COMPLETE, PRUNED, FAILED);
+- ``curves.parquet``: learning curves (trial_id, epoch, metric, value).
+
+Report text never enters these files: only ids, configs and metrics.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from deri_sweep.io_utils import atomic_write_bytes, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+CURVE_METRICS = ("train_total", "val_total", "lr", "samples_per_s", "hours")
+
+
+def config_hash(overrides: dict[str, Any], seed: int | None = None) -> str:
+    """Short stable hash of a trial's overrides (and seed when given)."""
+    payload = json.dumps({"overrides": overrides, "seed": seed}, sort_keys=True, default=str)
+    return hashlib.sha1(payload.encode()).hexdigest()[:10]
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    rows = []
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a line cut short by a crash
+    return rows
+
+
+def _tune_trials(run_dir: Path) -> list[dict[str, Any]]:
+    """One dict per Tune trial folder: id, config and its reported results."""
+    trials = []
+    for folder in sorted((run_dir / "tune").glob("*/params.json")):
+        params = json.loads(folder.read_text())
+        results = _read_jsonl(folder.parent / "result.json")
+        trial_id = next((r["trial_id"] for r in results if "trial_id" in r), None)
+        if trial_id is None:
+            trial_id = folder.parent.name.split("_")[2] if folder.parent.name.count("_") >= 2 else folder.parent.name
+        error = (folder.parent / "error.txt").exists() or (folder.parent / "error.pkl").exists()
+        trials.append({"trial_id": trial_id, "params": params, "results": results, "error": error})
+    return trials
+
+
+def collect_tables(run_dir: str | Path, run_id: str) -> dict[str, pd.DataFrame]:
+    """Build the three tables from a run directory's files.
+
+    Returns:
+        ``{"results", "trials", "curves"}`` data frames (possibly empty).
+    """
+    run_dir = Path(run_dir)
+    stopped_file = run_dir / "stopped_trials.txt"
+    stopped = set(stopped_file.read_text().split()) if stopped_file.exists() else set()
+    trial_rows, curve_rows, result_rows = [], [], []
+    searched = set()
+    for trial in _tune_trials(run_dir):
+        tid, params = trial["trial_id"], trial["params"]
+        summary_file = run_dir / "trials" / tid / "trial.json"
+        summary = json.loads(summary_file.read_text()) if summary_file.exists() else {}
+        overrides = params.get("overrides", {})
+        searched.update(overrides)
+        finished = any("objective" in r for r in trial["results"])
+        state = "PRUNED" if tid in stopped else ("COMPLETE" if finished else "FAILED")
+        last = trial["results"][-1] if trial["results"] else {}
+        hours = float(summary.get("hours", last.get("hours", 0.0)) or 0.0)
+        row = {
+            "trial_id": tid,
+            "variant": params.get("variant", ""),
+            "seed": int(params.get("seed", -1)),
+            "config_hash": summary.get("config_hash") or config_hash(overrides),
+            "state": state,
+            "hours": hours,
+            "epochs": float(last.get("epoch", 0.0) or 0.0),
+            "objective": float(last["objective"]) if "objective" in last else float("nan"),
+            "checkpoint": summary.get("checkpoint", ""),
+            **{f"param/{k}": v for k, v in overrides.items()},
+        }
+        trial_rows.append(row)
+        for r in trial["results"]:
+            if "epoch" not in r or "objective" in r:
+                continue
+            curve_rows += [
+                {"trial_id": tid, "epoch": float(r["epoch"]), "metric": m, "value": float(r[m])}
+                for m in CURVE_METRICS
+                if isinstance(r.get(m), (int, float))
+            ]
+        probes_file = run_dir / "trials" / tid / "probes.parquet"
+        lineage = {
+            "run_id": run_id,
+            "trial_id": tid,
+            "config_hash": row["config_hash"],
+            "seed": row["seed"],
+            "checkpoint": row["checkpoint"],
+            "git_commit": summary.get("git_commit", ""),
+            "hours": hours,
+            **{k: v for k, v in row.items() if k.startswith("param/")},
+        }
+        for metric, value in summary.get("metrics", {}).items():
+            result_rows.append({**lineage, "variant": row["variant"], "task": "pretrain", "eval": "pretrain",
+                                "fraction": float("nan"), "probe_seed": -1, "metric": metric, "value": float(value),
+                                "status": "ok"})  # fmt: skip
+        if probes_file.exists():
+            probes = pd.read_parquet(probes_file)
+            for p in probes.itertuples(index=False):
+                variant = row["variant"] if p.encoder == "pretrained" else "random_init"
+                result_rows.append({**lineage, "variant": variant, "task": p.task, "eval": p.method,
+                                    "fraction": float(p.fraction), "probe_seed": int(p.probe_seed)
+                                    if pd.notna(p.probe_seed) else -1, "metric": p.metric, "value": float(p.value),
+                                    "status": p.status})  # fmt: skip
+    return {
+        "results": pd.DataFrame(result_rows),
+        "trials": pd.DataFrame(trial_rows),
+        "curves": pd.DataFrame(curve_rows, columns=["trial_id", "epoch", "metric", "value"]),
+    }
+
+
+def write_tables(run_dir: str | Path, run_id: str) -> dict[str, Path]:
+    """Collect and write results.parquet/.csv, trials.parquet and curves.parquet atomically.
+
+    Returns:
+        Name -> written path.
+    """
+    run_dir = Path(run_dir)
+    tables = collect_tables(run_dir, run_id)
+    paths = {}
+    for name, frame in tables.items():
+        path = run_dir / f"{name}.parquet"
+        atomic_write_bytes(path, frame.to_parquet(index=False))
+        paths[name] = path
+    atomic_write_text(run_dir / "results.csv", tables["results"].to_csv(index=False))
+    paths["results_csv"] = run_dir / "results.csv"
+    log.info("%d result rows from %d trials written to %s", len(tables["results"]), len(tables["trials"]), run_dir)
+    return paths
