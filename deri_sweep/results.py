@@ -28,6 +28,11 @@ from deri_sweep.io_utils import atomic_write_bytes, atomic_write_text
 
 log = logging.getLogger(__name__)
 
+RESULT_COLUMNS = (
+    "run_id", "trial_id", "variant", "config_hash", "seed", "task", "eval", "fraction", "probe_seed", "metric",
+    "value", "checkpoint", "git_commit", "hours", "status",
+)  # fmt: skip
+TRIAL_COLUMNS = ("trial_id", "variant", "seed", "config_hash", "state", "hours", "epochs", "objective", "checkpoint")
 CURVE_METRICS = ("train_total", "val_total", "lr", "samples_per_s", "hours")
 
 
@@ -35,6 +40,12 @@ def config_hash(overrides: dict[str, Any], seed: int | None = None) -> str:
     """Short stable hash of a trial's overrides (and seed when given)."""
     payload = json.dumps({"overrides": overrides, "seed": seed}, sort_keys=True, default=str)
     return hashlib.sha1(payload.encode()).hexdigest()[:10]
+
+
+def _columns(rows: list[dict[str, Any]], fixed: tuple[str, ...]) -> list[str]:
+    """The contract's columns first, then any ``param/...`` columns the rows carry."""
+    extra = sorted({k for r in rows for k in r if k not in fixed})
+    return [*fixed, *extra]
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -128,8 +139,8 @@ def collect_tables(run_dir: str | Path, run_id: str) -> dict[str, pd.DataFrame]:
                                     if pd.notna(p.probe_seed) else -1, "metric": p.metric, "value": float(p.value),
                                     "status": p.status})  # fmt: skip
     return {
-        "results": pd.DataFrame(result_rows),
-        "trials": pd.DataFrame(trial_rows),
+        "results": pd.DataFrame(result_rows, columns=_columns(result_rows, RESULT_COLUMNS)),
+        "trials": pd.DataFrame(trial_rows, columns=_columns(trial_rows, TRIAL_COLUMNS)),
         "curves": pd.DataFrame(curve_rows, columns=["trial_id", "epoch", "metric", "value"]),
     }
 

@@ -12,10 +12,8 @@ from deri_sweep.evaluate.linear_probe import (
     init_head,
     linear_probe,
     linear_probe_many,
-    probe_fractions,
-    probe_with_fraction,
-    task_rows,
 )
+from deri_sweep.evaluate.probe_tasks import probe_fractions, probe_with_fraction, task_rows
 
 FAST = ProbeConfig(epochs=8)
 

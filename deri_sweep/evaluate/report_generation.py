@@ -130,7 +130,7 @@ def _train(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total, count = total + float(loss) * len(batch), count + len(batch)
+            total, count = total + float(loss.detach()) * len(batch), count + len(batch)
         curve.append(total / max(count, 1))
         log.info("report decoder epoch %d/%d: train CE %.4f", epoch + 1, config.epochs, curve[-1])
     return curve

@@ -17,15 +17,12 @@ from __future__ import annotations
 import logging
 import math
 import pickle
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
-
-from deri_sweep.orchestration.spaces import ParamSpec
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +46,8 @@ class StopRecordingASHA(ASHAScheduler):
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
         """Let ASHA decide; remember a STOP."""
         decision = super().on_trial_result(tune_controller, trial, result)
-        if decision == TrialScheduler.STOP and not result.get("done"):
+        finished = "objective" in result or result.get(self._time_attr, 0) >= self._max_t - 1
+        if decision == TrialScheduler.STOP and not finished:
             stopped_trials(self.run_id).add(trial.trial_id)
             if self.record is not None:
                 with open(self.record, "a") as fh:
@@ -93,28 +91,6 @@ class PlanSearcher(Searcher):
     def restore(self, checkpoint_path: str) -> None:
         """Restore the plan position."""
         self.__dict__.update(pickle.loads(Path(checkpoint_path).read_bytes()))
-
-
-def define_by_run(params: dict[str, ParamSpec]) -> Callable[[Any], None]:
-    """An Optuna define-by-run function for a space's parameters, honouring ``when``.
-
-    A parameter with ``when`` is only suggested when every condition holds for the
-    parameters already suggested (declare conditions after what they depend on).
-    """
-
-    def sample(trial: Any) -> None:
-        chosen: dict[str, Any] = {}
-        for key, spec in params.items():
-            if spec.when and any(chosen.get(k) != v for k, v in spec.when.items()):
-                continue
-            if spec.type == "categorical":
-                chosen[key] = trial.suggest_categorical(key, spec.choices)
-            elif spec.type == "int":
-                chosen[key] = trial.suggest_int(key, int(spec.low), int(spec.high), log=spec.log)
-            else:
-                chosen[key] = trial.suggest_float(key, spec.low, spec.high, log=spec.log)
-
-    return sample
 
 
 class PruningOptunaSearch(OptunaSearch):
@@ -203,13 +179,10 @@ class BudgetSearcher(Searcher):
             self.hours[trial_id] = float(result["hours"])
         self.searcher.on_trial_complete(trial_id, result=result, error=error)
 
-    def save(self, checkpoint_path: str) -> None:
-        """Save the wrapped searcher and the hours ledger."""
-        self.searcher.save(checkpoint_path + ".inner")
-        Path(checkpoint_path).write_bytes(pickle.dumps({"hours": self.hours, "budget_hours": self.budget_hours}))
+    def get_state(self) -> dict[str, Any]:
+        """The hours ledger (Tune saves the wrapped searcher itself)."""
+        return {"hours": dict(self.hours)}
 
-    def restore(self, checkpoint_path: str) -> None:
-        """Restore the wrapped searcher and the hours ledger."""
-        self.searcher.restore(checkpoint_path + ".inner")
-        state = pickle.loads(Path(checkpoint_path).read_bytes())
-        self.hours = state["hours"]
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Restore the hours ledger."""
+        self.hours = dict(state.get("hours", {}))

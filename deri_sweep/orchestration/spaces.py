@@ -29,6 +29,7 @@ any trial starts.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -222,6 +223,28 @@ class SearchSpace:
                 self.train_config({**(spec.when or {}), key: probe}, self.seeds[0])
             except ConfigError as exc:
                 raise ConfigError(f"optuna.{key}: {exc}") from exc
+
+
+def define_by_run(params: dict[str, ParamSpec]) -> Callable[[Any], None]:
+    """An Optuna define-by-run function for a space's parameters, honouring ``when``.
+
+    A parameter with ``when`` is only suggested when every condition holds for the
+    parameters already suggested (declare conditions after what they depend on).
+    """
+
+    def sample(trial: Any) -> None:
+        chosen: dict[str, Any] = {}
+        for key, spec in params.items():
+            if spec.when and any(chosen.get(k) != v for k, v in spec.when.items()):
+                continue
+            if spec.type == "categorical":
+                chosen[key] = trial.suggest_categorical(key, spec.choices)
+            elif spec.type == "int":
+                chosen[key] = trial.suggest_int(key, int(spec.low), int(spec.high), log=spec.log)
+            else:
+                chosen[key] = trial.suggest_float(key, spec.low, spec.high, log=spec.log)
+
+    return sample
 
 
 def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:

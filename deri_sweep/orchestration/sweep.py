@@ -34,9 +34,8 @@ from deri_sweep.orchestration.searchers import (
     PlanSearcher,
     PruningOptunaSearch,
     StopRecordingASHA,
-    define_by_run,
 )
-from deri_sweep.orchestration.spaces import SearchSpace
+from deri_sweep.orchestration.spaces import SearchSpace, define_by_run
 from deri_sweep.results import config_hash
 
 log = logging.getLogger(__name__)
@@ -212,10 +211,12 @@ def run_sweep(
     searcher, samples = _searcher(space, run_id, storage_url)
     scheduler = None
     if space.scheduler.type == "asha":
+        # max_t one past the last epoch: ASHA must not stop a trial that finished pretraining (its probes run next)
         epochs = int(space.train_config({}, space.seeds[0]).optim.epochs)
         scheduler = StopRecordingASHA(
             run_id, record=run_dir / STOPPED_FILE, time_attr="epoch", metric=space.metric, mode=space.mode,
-            max_t=epochs, grace_period=space.scheduler.grace_period, reduction_factor=space.scheduler.reduction_factor,
+            max_t=epochs + 1, grace_period=space.scheduler.grace_period,
+            reduction_factor=space.scheduler.reduction_factor,
         )  # fmt: skip
     tuner = tune.Tuner(
         trainable,
