@@ -100,15 +100,15 @@ class PruningOptunaSearch(OptunaSearch):
         run_id: the sweep's run id (looks up :func:`stopped_trials`).
         intermediate_metric: the per-epoch metric reported to Optuna as
             intermediate values (the pretraining validation loss).
-        seed: the pretraining seed of every trial (replicate a found config with a grid).
+        pretrain_seed: the pretraining seed of every trial (replicate a found config with a grid).
         **kwargs: passed to ``OptunaSearch`` (space, metric, mode, sampler, study_name, storage).
     """
 
-    def __init__(self, run_id: str, intermediate_metric: str, seed: int = 42, **kwargs: Any) -> None:
+    def __init__(self, run_id: str, intermediate_metric: str, pretrain_seed: int = 42, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.run_id = run_id
         self.intermediate_metric = intermediate_metric
-        self.seed = seed
+        self.pretrain_seed = pretrain_seed
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         """Optuna's parameters wrapped as the sweep's trial config."""
@@ -117,7 +117,7 @@ class PruningOptunaSearch(OptunaSearch):
             return params
         flat = self._ot_trials[trial_id].params
         number = self._ot_trials[trial_id].number
-        return {"variant": "optuna", "overrides": dict(flat), "seed": self.seed, "optuna_number": number}
+        return {"variant": "optuna", "overrides": dict(flat), "seed": self.pretrain_seed, "optuna_number": number}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         """Report the pretraining metric at each training iteration as an intermediate value."""

@@ -157,7 +157,8 @@ def _searcher(space: SearchSpace, run_id: str, optuna_storage: str) -> tuple[Any
     mode = "max" if space.objective == "probe" else space.mode
     storage = optuna.storages.RDBStorage(optuna_storage)
     searcher = PruningOptunaSearch(
-        run_id, space.metric, seed=space.seeds[0], space=define_by_run(space.optuna), metric="objective", mode=mode,
+        run_id, space.metric, pretrain_seed=space.seeds[0], space=define_by_run(space.optuna),
+        metric="objective", mode=mode,
         sampler=optuna.samplers.TPESampler(seed=space.seeds[0]), study_name=run_id, storage=storage,
     )  # fmt: skip
     return searcher, space.num_samples

@@ -1,0 +1,104 @@
+"""Searchers: early-stopped trials reach Optuna as PRUNED with their intermediate values; budgets; plans."""
+
+from __future__ import annotations
+
+import math
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+from ray.tune.schedulers import TrialScheduler
+
+from deri_sweep.orchestration.searchers import (
+    BudgetSearcher,
+    PlanSearcher,
+    PruningOptunaSearch,
+    StopRecordingASHA,
+    stopped_trials,
+)
+from deri_sweep.orchestration.spaces import ParamSpec, define_by_run
+
+
+class _Trial:
+    """What ASHA reads of a Tune trial: its id."""
+
+    def __init__(self, trial_id: str) -> None:
+        self.trial_id = trial_id
+
+
+def test_asha_stopped_trial_is_pruned_in_optuna_with_its_intermediate_values(tmp_path):
+    run = "run-pruned"
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    searcher = PruningOptunaSearch(
+        run, "val_total", pretrain_seed=7, space=define_by_run({"model.loss.w_mix": ParamSpec("float", 0.1, 2.0)}),
+        metric="objective", mode="max", study_name=run, storage=optuna.storages.RDBStorage(storage),
+    )  # fmt: skip
+    asha = StopRecordingASHA(run, record=tmp_path / "stopped.txt", time_attr="epoch", metric="val_total",
+                             mode="min", max_t=5, grace_period=1, reduction_factor=2)  # fmt: skip
+    good, bad = _Trial("good"), _Trial("bad")
+    for trial in (good, bad):
+        config = searcher.suggest(trial.trial_id)
+        assert config["seed"] == 7 and set(config["overrides"]) == {"model.loss.w_mix"}
+        asha.on_trial_add(None, trial)
+    # the good trial reaches the first rung with a low loss; the bad one arrives worse and is stopped there
+    assert asha.on_trial_result(None, good, {"epoch": 1.0, "val_total": 10.0}) == TrialScheduler.CONTINUE
+    searcher.on_trial_result("good", {"val_total": 10.0, "training_iteration": 1})
+    searcher.on_trial_result("bad", {"val_total": 30.0, "training_iteration": 1})
+    assert asha.on_trial_result(None, bad, {"epoch": 1.0, "val_total": 30.0}) == TrialScheduler.STOP
+    assert stopped_trials(run) == {"bad"} and (tmp_path / "stopped.txt").read_text().split() == ["bad"]
+    searcher.on_trial_complete("bad", result={"val_total": 30.0, "epoch": 1.0})  # what Ray passes after a stop
+    searcher.on_trial_result("good", {"val_total": 8.0, "training_iteration": 2})
+    searcher.on_trial_complete("good", result={"objective": 0.81, "val_total": 8.0})
+    study = optuna.load_study(study_name=run, storage=storage)
+    by_state = {t.state: t for t in study.trials}
+    assert set(by_state) == {TrialState.PRUNED, TrialState.COMPLETE}
+    pruned = by_state[TrialState.PRUNED]
+    assert pruned.intermediate_values == {1: 30.0} and pruned.value == 30.0  # Optuna keeps the last intermediate
+    assert by_state[TrialState.COMPLETE].value == pytest.approx(0.81)
+    assert by_state[TrialState.COMPLETE].intermediate_values == {1: 10.0, 2: 8.0}
+
+
+def test_plain_ray_optuna_search_would_call_it_complete(tmp_path):
+    """The bug this project fixes, shown on Ray's own class."""
+    from ray.tune.search.optuna import OptunaSearch
+
+    search = OptunaSearch(space=define_by_run({"x": ParamSpec("float", 0.0, 1.0)}), metric="val_total", mode="min")
+    search.suggest("t")
+    search.on_trial_complete("t", result={"val_total": 30.0})
+    assert search._ot_study.trials[0].state == TrialState.COMPLETE
+
+
+def test_finished_pretraining_is_not_recorded_as_pruned(tmp_path):
+    asha = StopRecordingASHA("run-done", time_attr="epoch", metric="val_total", mode="min", max_t=4,
+                             grace_period=1, reduction_factor=2)  # fmt: skip
+    trial = _Trial("t")
+    asha.on_trial_add(None, trial)
+    assert asha.on_trial_result(None, trial, {"epoch": 4.0, "val_total": 1.0}) == TrialScheduler.STOP
+    assert "t" not in stopped_trials("run-done")
+
+
+def test_plan_searcher_hands_out_each_config_once_and_survives_a_restore(tmp_path):
+    plan = [{"variant": v, "overrides": {}, "seed": s} for v in ("a", "b") for s in (1, 2)]
+    searcher = PlanSearcher(plan)
+    assert [searcher.suggest(f"t{i}")["variant"] for i in range(2)] == ["a", "a"]
+    assert searcher.suggest("t0") == plan[0]  # a restarted trial gets its own config again
+    searcher.save(str(tmp_path / "s.pkl"))
+    restored = PlanSearcher([])
+    restored.restore(str(tmp_path / "s.pkl"))
+    assert [restored.suggest(f"t{i}") for i in (2, 3)] == plan[2:]
+    assert restored.suggest("t4") == PlanSearcher.FINISHED
+
+
+def test_budget_stops_new_trials_but_keeps_state():
+    plan = [{"variant": "a", "overrides": {}, "seed": s} for s in range(5)]
+    budget = BudgetSearcher(PlanSearcher(plan), budget_hours=1.0)
+    assert budget.suggest("t0") == plan[0]
+    budget.on_trial_result("t0", {"hours": 0.6})
+    assert budget.suggest("t1") == plan[1]
+    budget.on_trial_complete("t1", {"hours": 0.5})
+    assert budget.used_hours == pytest.approx(1.1)
+    assert budget.suggest("t2") == BudgetSearcher.FINISHED
+    state = budget.get_state()
+    again = BudgetSearcher(PlanSearcher(plan), budget_hours=math.inf)
+    again.set_state(state)
+    assert again.used_hours == pytest.approx(1.1)
