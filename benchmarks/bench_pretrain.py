@@ -213,7 +213,7 @@ def run_steps(
         precision=precision,
         on_step=lambda _step, _terms: stamps.append(time.perf_counter()),  # after the loss sync
     )
-    return list(np.diff([start, *stamps]))
+    return [float(x) for x in np.diff([start, *stamps])]
 
 
 def measure(

@@ -213,9 +213,9 @@ class TextFeatureStore:
         lengths = self.lengths[ids]  # (B,)
         width = int(lengths.max()) if ids.size else 0
         tokens = np.zeros((len(ids), width, self.hidden_size), dtype=np.float32)  # (B, Nmax, H)
-        mask = np.zeros((len(ids), width), dtype=bool)  # (B, Nmax)
-        for i, (r, n) in enumerate(zip(ids, lengths, strict=True)):
-            tokens[i, :n] = self.tokens[self.offsets[r] : self.offsets[r] + n]
-            mask[i, :n] = True
+        mask = np.arange(width)[None, :] < lengths[:, None]  # (B, Nmax)
+        # one gather for the whole batch: row r of report i is tokens[offsets[i] + r]
+        first = np.repeat(self.offsets[ids] - (np.cumsum(lengths) - lengths), lengths)  # (sum N,)
+        tokens[mask] = self.tokens[first + np.arange(int(lengths.sum()))]
         pooled = np.asarray(self.pooled[ids], dtype=np.float32)  # (B, H)
         return torch.from_numpy(pooled), torch.from_numpy(tokens), torch.from_numpy(mask)

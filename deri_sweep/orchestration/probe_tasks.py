@@ -109,7 +109,11 @@ def probe_suite(
     from deri_sweep.evaluate.probe_tasks import tasks_of_cache
 
     res = resources or ProbeResources()
-    opts = {"num_cpus": res.num_cpus, "num_gpus": res.num_gpus, "max_retries": RETRIES, "retry_exceptions": True}
+    # "DEFAULT" scheduling: probes take their own resources, outside the calling trial's placement group
+    opts = {
+        "num_cpus": res.num_cpus, "num_gpus": res.num_gpus, "max_retries": RETRIES, "retry_exceptions": True,
+        "scheduling_strategy": "DEFAULT",
+    }  # fmt: skip
     extract = ray.remote(_extract).options(**opts)
     probe = ray.remote(_linear_probe).options(**opts)
     zero_shot = ray.remote(_zero_shot).options(**opts)

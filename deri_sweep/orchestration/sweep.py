@@ -93,7 +93,8 @@ def trial_driver(config: dict[str, Any], context: SweepContext) -> None:
     result = trainer.fit()
     if result.error is not None or result.checkpoint is None:
         raise RuntimeError(f"trial {trial_id}: pretraining failed: {result.error}")
-    checkpoint = result.checkpoint.path
+    # a local copy beside the trial's files: probe tasks read it even when Ray's storage is s3:// or gs://
+    checkpoint = result.checkpoint.to_directory(str(out / "checkpoint"))
     metrics = dict(result.metrics)
     summary = {
         "trial_id": trial_id,
