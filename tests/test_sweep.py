@@ -1,0 +1,120 @@
+"""A real local sweep through the CLI: Tune + ASHA over Ray Train trials, probes as tasks, tables, report."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from deri_sweep.data.cache import SignalCache
+from deri_sweep.data.prepare import PrepareOptions, prepare
+from deri_sweep.data.signal import SignalOptions
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+
+SHORT = SignalOptions(length=1000, window=1000)
+
+SPACE = """\
+# test space: two variants; 'heavy' multiplies every loss term by 4, so its validation loss is far worse
+search: grid
+base:
+  model.ecg.num_samples: 1000
+  optim.batch_size: 8
+  optim.epochs: 3
+  optim.t0: 10000
+  max_steps_per_epoch: 3
+variants:
+  full: {}
+  heavy: {model.loss.w_cma: 4.0, model.loss.w_mix: 4.0, model.loss.w_uma: 4.0, model.loss.w_dec_e: 4.0}
+seeds: [42]
+baseline: full
+scheduler: {type: asha, grace_period: 1, reduction_factor: 2}
+trial: {workers: 2, gpus_per_worker: 0, cpus_per_worker: 0.49, driver_cpus: 0.01}
+probes: {datasets: [ptbxl], fractions: [1.0], seeds: [0], epochs: 5, zero_shot: true, random_floor: true}
+"""
+
+
+@pytest.fixture(scope="module")
+def short_caches(synth_root, tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweep-caches")
+    caches = {}
+    for name, fmt, folder in (("mimic", "mimic", "mimic-iv-ecg"), ("ptbxl", "ptbxl", "ptb-xl")):
+        prepare(synth_root / folder, root / name, PrepareOptions(fmt, SHORT, shard_size=128, progress=False))
+        caches[name] = root / name
+    return caches
+
+
+def _ablate(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "deri_sweep.ablate", *args], cwd=cwd, capture_output=True, text=True, timeout=900
+    )
+
+
+@pytest.fixture(scope="module")
+def sweep_run(short_caches, tmp_path_factory):
+    work = tmp_path_factory.mktemp("sweep")
+    (work / "space.yaml").write_text(SPACE)
+    caches = [f"{k}={v}" for k, v in short_caches.items()]
+    run = _ablate(["--space", "space.yaml", "--out", "run", "--concurrency", "1", "--caches", *caches], work)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return work / "run", run
+
+
+def test_asha_stops_the_worse_variant_and_the_other_is_probed(sweep_run):
+    run_dir, _ = sweep_run
+    trials = pd.read_parquet(run_dir / "trials.parquet").set_index("variant")
+    assert trials.loc["full", "state"] == "COMPLETE" and trials.loc["heavy", "state"] == "PRUNED"
+    assert trials.loc["heavy", "epochs"] < 3 <= trials.loc["full", "epochs"]
+    assert (trials["hours"] > 0).all()
+    results = pd.read_parquet(run_dir / "results.parquet")
+    probes = results[(results["eval"] == "linear_probe") & (results["metric"] == "test_auroc")]
+    assert set(probes["variant"]) == {"full", "random_init"}  # the pruned trial never reached its probes
+    assert set(probes["task"]) == {"ptbxl_super", "ptbxl_sub", "ptbxl_form", "ptbxl_rhythm"}
+    assert probes["value"].between(0, 1).all() and (probes["status"] == "ok").all()
+    zero_shot = results[results["metric"] == "zero_shot_auroc"]
+    assert len(zero_shot) == 4 and zero_shot["value"].between(0, 1).all()
+    full = results[results["trial_id"] == trials.loc["full", "trial_id"]]
+    assert full["checkpoint"].str.len().gt(0).all() and full["config_hash"].nunique() == 1
+    assert (full["git_commit"].str.len() > 0).all()
+
+
+def test_tables_and_report_are_written_and_rebuild_from_files_alone(sweep_run, tmp_path):
+    run_dir, run = sweep_run
+    for name in (
+        "results.csv",
+        "tables/comparison.md",
+        "tables/comparison.csv",
+        "tables/comparison.html",
+        "report.html",
+    ):
+        assert (run_dir / name).stat().st_size > 0, name
+    assert "report" in run.stdout and "tensorboard --logdir" in run.stdout
+    comparison = pd.read_csv(run_dir / "tables" / "comparison.csv")
+    assert {"full", "random_init"} <= set(comparison["variant"]) and comparison["source"].str.contains(
+        "published"
+    ).any()
+    # no Ray needed: the report is rebuilt from the run directory's files in a fresh process
+    (run_dir / "report.html").unlink()
+    rebuilt = subprocess.run([sys.executable, "-m", "analysis.report", str(run_dir)], capture_output=True, text=True)
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert (run_dir / "report.html").stat().st_size > 100_000  # plotly is inlined: works offline
+
+
+def test_no_report_text_leaks_into_the_run_directory(sweep_run, short_caches):
+    run_dir, run = sweep_run
+    texts = SignalCache.open(short_caches["mimic"]).reports()["text"].tolist()
+    phrases = {t for t in texts if len(t) > 25}
+    assert phrases
+    leaked = []
+    for path in run_dir.rglob("*"):
+        if path.is_file() and path.suffix not in {".pt", ".npy", ".db"}:
+            data = path.read_bytes().decode("utf-8", errors="ignore")
+            leaked += [(str(path), p) for p in phrases if p in data]
+    assert not leaked, leaked[:3]
+    assert not any(p in run.stdout + run.stderr for p in phrases)
+    meta = json.loads((run_dir / "sweep.json").read_text())
+    assert meta["space"] == "space" and meta["baseline_variant"] == "full"
