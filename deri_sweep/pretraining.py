@@ -155,7 +155,10 @@ def run_worker(
     if val_batch >= 2:
         val_loader = _loader(CacheDataset(cache, val_rows, cfg.data.norm), val_batch, worker, cfg, shuffle=False)
     else:
-        log.warning("%s: too few %r records for validation losses", cfg.data.cache, cfg.data.val_split)
+        raise ValueError(
+            f"{cfg.data.cache}: {len(val_rows)} {cfg.data.val_split!r} records cannot give {worker.world_size} "
+            "workers 2 each for validation losses; use a larger cache (the MIMIC split keeps 2% of subjects)"
+        )
 
     start_epoch, step, hours = 0, 0, 0.0
     if resume is not None:

@@ -19,7 +19,7 @@ def real_ecg_dir() -> Path:
 
 #: Sizes of the synthetic twin used across the tests: small, but every injected
 #: defect kind occurs in every dataset at the 5% rate.
-SYNTH_SIZES = {"mimic": 240, "ptbxl": 160, "cpsc2018": 100, "csn": 100}
+SYNTH_SIZES = {"mimic": 800, "ptbxl": 160, "cpsc2018": 100, "csn": 100}
 SYNTH_FOLDERS = {"mimic": "mimic-iv-ecg", "ptbxl": "ptb-xl", "cpsc2018": "cpsc2018", "csn": "csn"}
 
 

@@ -80,6 +80,9 @@ def test_asha_stops_the_worse_variant_and_the_other_is_probed(sweep_run):
     full = results[results["trial_id"] == trials.loc["full", "trial_id"]]
     assert full["checkpoint"].str.len().gt(0).all() and full["config_hash"].nunique() == 1
     assert (full["git_commit"].str.len() > 0).all()
+    curves = pd.read_parquet(run_dir / "curves.parquet")
+    full_val = curves[(curves["trial_id"] == trials.loc["full", "trial_id"]) & (curves["metric"] == "val_total")]
+    assert full_val["epoch"].tolist() == [1.0, 2.0, 3.0]
 
 
 def test_tables_and_report_are_written_and_rebuild_from_files_alone(sweep_run, tmp_path):
