@@ -1,0 +1,61 @@
+"""Probe suite as dependent Ray tasks: results for every (task, fraction, seed); failures recorded, never lost."""
+
+from __future__ import annotations
+
+import pytest
+
+from deri_sweep.checkpoint import save_checkpoint
+from deri_sweep.config import apply_overrides, to_dict
+from deri_sweep.data.prepare import PrepareOptions, prepare
+from deri_sweep.data.signal import SignalOptions
+from deri_sweep.model.pretrained import random_init
+from deri_sweep.orchestration.spaces import ProbePlan
+from deri_sweep.train_config import TrainConfig
+
+ray = pytest.importorskip("ray")
+pytestmark = [pytest.mark.integration]
+SHORT = SignalOptions(length=1000, window=1000)
+
+
+@pytest.fixture(scope="module")
+def setup(synth_root, tmp_path_factory):
+    from deri_sweep.orchestration.runtime import init_ray
+
+    root = tmp_path_factory.mktemp("probe-tasks")
+    prepare(synth_root / "ptb-xl", root / "ptbxl", PrepareOptions("ptbxl", SHORT, shard_size=128, progress=False))
+    cfg = apply_overrides(TrainConfig(), ["model.ecg.num_samples=1000", f"data.cache={root / 'ptbxl'}"])
+    model = random_init(cfg, 384, seed=3)
+    meta = {"config": to_dict(cfg), "text_hidden_size": 384, "epoch": 0}
+    checkpoint = save_checkpoint(root / "ckpt", {"model": model.state_dict(), "epoch": 0, "step": 0}, meta)
+    init_ray(num_cpus=2)
+    yield root, checkpoint
+    ray.shutdown()
+
+
+def test_suite_runs_one_task_per_task_fraction_seed_on_shared_features(setup):
+    from deri_sweep.orchestration.probe_tasks import collect, probe_suite
+
+    root, checkpoint = setup
+    plan = ProbePlan(datasets=["ptbxl"], fractions=[0.5, 1.0], seeds=[0, 1], epochs=3, zero_shot=False)
+    pending = probe_suite(checkpoint, plan, {"ptbxl": root / "ptbxl"}, root / "features")
+    assert len(pending) == 2 * 4 * 2 * 2  # encoders x tasks x fractions x seeds
+    table = collect(pending)
+    assert (table["status"] == "ok").all()
+    headline = table[table["metric"] == "test_auroc"]
+    assert len(headline) == 32 and headline["value"].between(0, 1).all()
+    assert set(headline["encoder"]) == {"pretrained", "random_init"}
+    assert len(list((root / "features").glob("*/*/mix.npy"))) == 2  # one extraction per encoder, shared by 16 probes
+
+
+def test_a_failing_task_is_retried_then_reported_as_failed(setup):
+    from deri_sweep.orchestration.probe_tasks import collect, probe_suite
+
+    root, checkpoint = setup
+    broken = root / "broken"
+    broken.mkdir()
+    (broken / "meta.json").write_text((checkpoint / "meta.json").read_text())
+    (broken / "state.pt").write_bytes(b"not a torch file")
+    plan = ProbePlan(datasets=["ptbxl"], fractions=[1.0], seeds=[0], epochs=2, zero_shot=False, random_floor=False)
+    table = collect(probe_suite(broken, plan, {"ptbxl": root / "ptbxl"}, root / "features-broken"))
+    assert len(table) == 4 and (table["status"] == "failed").all()
+    assert set(table["task"]) == {"ptbxl_super", "ptbxl_sub", "ptbxl_form", "ptbxl_rhythm"}
