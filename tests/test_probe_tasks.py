@@ -59,3 +59,16 @@ def test_a_failing_task_is_retried_then_reported_as_failed(setup):
     table = collect(probe_suite(broken, plan, {"ptbxl": root / "ptbxl"}, root / "features-broken"))
     assert len(table) == 4 and (table["status"] == "failed").all()
     assert set(table["task"]) == {"ptbxl_super", "ptbxl_sub", "ptbxl_form", "ptbxl_rhythm"}
+
+
+def test_report_generation_task_scores_reports_and_saves_samples_only_when_asked(setup):
+    from deri_sweep.orchestration.probe_tasks import collect, probe_suite
+
+    root, checkpoint = setup
+    plan = ProbePlan(datasets=["ptbxl"], fractions=[1.0], seeds=[0], epochs=2, zero_shot=False, random_floor=False,
+                     report_generation=True, report_epochs=1, report_samples=2)  # fmt: skip
+    table = collect(probe_suite(checkpoint, plan, {"ptbxl": root / "ptbxl"}, root / "features", samples_dir=root / "s"))
+    report = table[table["method"] == "report_generation"].set_index("metric")["value"]
+    assert {"bleu1", "bleu4", "rougeL"} <= set(report.index) and report[["bleu1", "rougeL"]].between(0, 1).all()
+    samples = (root / "s" / "ptbxl_report_samples.json").read_text()
+    assert '"generated"' in samples and '"reference"' in samples

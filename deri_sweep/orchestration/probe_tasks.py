@@ -73,6 +73,27 @@ def _zero_shot(features: np.ndarray, checkpoint: str, cache_dir: str, label_set:
     return zero_shot_task(model, features, cache, task)
 
 
+def _report_generation(
+    features: np.ndarray, cache_dir: str, task: str, decoder: str, epochs: int, n_samples: int, samples_path: str
+) -> pd.DataFrame:
+    import json
+
+    from deri_sweep.data.cache import SignalCache
+    from deri_sweep.evaluate.report_generation import ReportGenConfig, run_report_generation
+    from deri_sweep.io_utils import atomic_write_text
+
+    config = ReportGenConfig(decoder=decoder, epochs=epochs, n_samples=n_samples)
+    metrics, samples = run_report_generation(features, SignalCache.open(cache_dir), config)
+    if samples and samples_path:
+        Path(samples_path).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(Path(samples_path), json.dumps(samples, indent=2))
+    keep = ("bleu1", "bleu2", "bleu3", "bleu4", "rougeL", "test_ce")
+    return pd.DataFrame(
+        [{"task": task, "label_set": "", "method": "report_generation", "fraction": math.nan, "probe_seed": math.nan,
+          "metric": k, "value": float(metrics[k])} for k in keep if k in metrics]
+    )  # fmt: skip
+
+
 @dataclass
 class Pending:
     """A submitted probe task and what it evaluates (for failure rows)."""
@@ -92,6 +113,7 @@ def probe_suite(
     feature_root: str | Path,
     *,
     resources: ProbeResources | None = None,
+    samples_dir: str | Path | None = None,
 ) -> list[Pending]:
     """Submit every probe of ``plan`` for one checkpoint (and the random-init floor).
 
@@ -101,6 +123,7 @@ def probe_suite(
         caches: dataset name (``ptbxl``, ``cpsc2018``, ``csn``) -> prepared cache.
         feature_root: where extracted features are kept for reuse.
         resources: per-task resource request.
+        samples_dir: where generated report samples go (only when ``plan.report_samples`` > 0).
 
     Returns:
         Pending tasks; pass them to :func:`collect`.
@@ -117,6 +140,7 @@ def probe_suite(
     extract = ray.remote(_extract).options(**opts)
     probe = ray.remote(_linear_probe).options(**opts)
     zero_shot = ray.remote(_zero_shot).options(**opts)
+    report_gen = ray.remote(_report_generation).options(**opts)
     checkpoint = str(checkpoint)
     encoders = {"pretrained": checkpoint}
     if plan.random_floor:
@@ -126,7 +150,9 @@ def probe_suite(
         if dataset not in caches:
             raise ValueError(f"probe dataset {dataset!r} has no cache; known: {sorted(caches)}")
         cache_dir = str(caches[dataset])
-        tasks = tasks_of_cache(SignalCache.open(cache_dir))
+        cache = SignalCache.open(cache_dir)
+        tasks = tasks_of_cache(cache)
+        has_reports = bool((cache.index["report_id"] >= 0).any())
         for encoder, source in encoders.items():
             features = extract.remote(source, cache_dir, plan.feature, str(feature_root), checkpoint)
             for task in tasks:
@@ -137,6 +163,12 @@ def probe_suite(
                 if plan.zero_shot and encoder == "pretrained" and plan.feature == "mix":
                     ref = zero_shot.remote(features, checkpoint, cache_dir, task.label_set)
                     pending.append(Pending(ref, encoder, task.name, "zero_shot", math.nan, math.nan))
+            if plan.report_generation and encoder == "pretrained" and has_reports:
+                name = f"{dataset}_report"
+                samples = str(Path(samples_dir) / f"{name}_samples.json") if samples_dir and plan.report_samples else ""
+                ref = report_gen.remote(features, cache_dir, name, plan.report_decoder, plan.report_epochs,
+                                        plan.report_samples, samples)  # fmt: skip
+                pending.append(Pending(ref, encoder, name, "report_generation", math.nan, math.nan))
     return pending
 
 

@@ -119,7 +119,10 @@ class ProbePlan:
         feature: ECG feature (``mix``, ``aligned``, ``resnet``).
         epochs: linear-probe epochs (spec: 100).
         zero_shot: also score zero-shot AUROC.
-        report_generation: also fine-tune the report decoder on frozen features.
+        report_generation: also fine-tune the report decoder on frozen features (caches with reports).
+        report_decoder: ``tiny`` (local) or a GPT-2 hub id / path such as ``distilgpt2``.
+        report_epochs: decoder fine-tuning epochs.
+        report_samples: generated reports saved beside the metrics (0: none; they are patient-like text).
         random_floor: also evaluate a randomly initialised encoder.
     """
 
@@ -130,6 +133,9 @@ class ProbePlan:
     epochs: int = 100
     zero_shot: bool = True
     report_generation: bool = False
+    report_decoder: str = "tiny"
+    report_epochs: int = 10
+    report_samples: int = 0
     random_floor: bool = True
 
 

@@ -119,7 +119,7 @@ def trial_driver(config: dict[str, Any], context: SweepContext) -> None:
         else:
             pending = probe_suite(
                 checkpoint, space.probes, context.caches, run_dir / "features",
-                resources=ProbeResources(**context.probe_resources),
+                resources=ProbeResources(**context.probe_resources), samples_dir=out,
             )  # fmt: skip
             probes = collect(pending)
             atomic_write_bytes(probes_file, probes.to_parquet(index=False))
