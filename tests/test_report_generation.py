@@ -12,7 +12,7 @@ from deri_sweep.data.prepare import PrepareOptions, prepare
 from deri_sweep.evaluate.report_generation import ReportGenConfig, report_rows, run_report_generation
 
 # Small and fast: a tiny GPT-2 over the MiniLM tokenizer, 16 test records, short generations.
-FAST = ReportGenConfig(epochs=4, batch_size=16, max_length=40, max_test=16, seed=0)
+FAST = ReportGenConfig(epochs=8, batch_size=16, max_length=40, max_test=16, seed=0)
 TEXT_KEYS = ("bleu1", "bleu2", "bleu3", "bleu4", "rougeL")
 
 
@@ -45,12 +45,13 @@ def trained(cache: SignalCache, features: np.ndarray) -> tuple[dict, list]:
 def test_fine_tuning_lowers_the_ce_and_beats_the_untrained_decoder(untrained, trained) -> None:
     (before, _), (after, _) = untrained, trained
     assert np.isnan(before["train_ce_first"]) and before["epochs"] == 0
-    assert after["train_ce_last"] < after["train_ce_first"] - 3.0  # measured (seed 0): 8.3 -> 1.9
-    assert after["test_ce"] < before["test_ce"] - 5.0  # measured: 10.3 -> 1.6 nats per token
+    assert after["train_ce_last"] < after["train_ce_first"] - 5.0  # measured (seed 0): 9.15 -> 1.28
+    assert after["test_ce"] < before["test_ce"] - 6.0  # measured: 10.32 -> 1.32 nats per token
     for key in TEXT_KEYS:
         assert 0.0 <= before[key] <= 1.0 and 0.0 <= after[key] <= 1.0
-    # measured (seed 0): untrained 0.00 everywhere; fine-tuned BLEU-1 ~0.5, ROUGE-L ~0.5
-    assert after["bleu1"] > before["bleu1"] + 0.2 and after["rougeL"] > before["rougeL"] + 0.2
+    # measured (seed 0): untrained 0.0 everywhere (it babbles to max_length); fine-tuned BLEU-1 0.53, BLEU-4 0.28,
+    # ROUGE-L 0.54. After 8 epochs on 124 reports it mostly writes the majority report ("sinusrhythmus normales ecg.").
+    assert after["bleu1"] > before["bleu1"] + 0.3 and after["rougeL"] > before["rougeL"] + 0.3
     assert after["n_test"] == before["n_test"] == 16 and after["n_train"] > 50
 
 
@@ -65,3 +66,15 @@ def test_samples_only_when_asked(untrained, trained, cache: SignalCache) -> None
 def test_bad_inputs_are_refused(cache: SignalCache, features: np.ndarray) -> None:
     with pytest.raises(ValueError, match="must be"):
         run_report_generation(features[:-1], cache, FAST)
+
+
+@pytest.mark.slow
+def test_the_decoder_uses_the_ecg_features(cache: SignalCache, features: np.ndarray) -> None:
+    """Informative features beat the same features shuffled across records (the decoder cross-attends)."""
+    config = ReportGenConfig(**{**FAST.__dict__, "epochs": 20, "n_samples": 0})
+    shuffled = np.random.default_rng(1).permutation(features)
+    informed, _ = run_report_generation(features, cache, config)
+    blind, _ = run_report_generation(shuffled, cache, config)
+    # measured (seed 0, 20 epochs): test CE 0.20 vs 0.38; BLEU-1 0.61 vs 0.53 (blind: mostly the majority report)
+    assert informed["test_ce"] < 0.75 * blind["test_ce"], (informed, blind)
+    assert informed["bleu1"] > blind["bleu1"] + 0.03, (informed, blind)
