@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from pathlib import Path
 
@@ -181,10 +180,6 @@ def headline(frame: pd.DataFrame, metric: str = "test_auroc") -> float:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    not os.environ.get("DERI_SWEEP_PROOF"),
-    reason="~3 min on idle cores, longer on a shared machine: set DERI_SWEEP_PROOF=1 to run the proof",
-)
 def test_pretrained_encoder_beats_random_init_on_linear_probes(tmp_path: Path) -> None:
     start = time.perf_counter()
     write_all(tmp_path / "synth", seed=3, sizes={"mimic": 800, "ptbxl": 600}, datasets=("mimic", "ptbxl"))
