@@ -53,6 +53,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, help="max concurrent trials (default: what the cluster fits)")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a new local Ray)")
     p.add_argument("--no-report", action="store_true", help="skip building tables/ and report.html")
+    p.add_argument(
+        "--min-free-gb",
+        type=float,
+        default=1.0,
+        help="refuse to start when --out (or a local --storage) has less free space (default 1 GiB)",
+    )
     return p.parse_args(argv)
 
 
@@ -75,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from deri_sweep.data.cache import CacheError
     from deri_sweep.data.readers import DatasetError
+    from deri_sweep.io_utils import StorageError, check_writable
     from deri_sweep.orchestration.spaces import load_space
 
     try:
@@ -90,7 +97,11 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError("--caches needs mimic=DIR (the pretraining cache)")
         space.base["data.cache"] = str(caches["mimic"])
         space.validate()
-    except (ConfigError, CacheError, DatasetError) as exc:
+        hint = " (--min-free-gb lowers this check)"
+        check_writable(run_dir, what="run directory", min_free_gb=args.min_free_gb, hint=hint)
+        if args.storage and "://" not in args.storage:
+            check_writable(args.storage, what="checkpoint storage", min_free_gb=args.min_free_gb, hint=hint)
+    except (ConfigError, CacheError, DatasetError, StorageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
@@ -119,8 +130,11 @@ def main(argv: list[str] | None = None) -> int:
         from analysis.report import build_report
 
         paths.update(build_report(run_dir))
-    errors = sum(1 for r in grid if r.error is not None)
-    print(f"\nsweep {meta['run_id']}: {len(grid)} trials ({errors} failed) in {run_dir}")
+    errors = [r for r in grid if r.error is not None]
+    print(f"\nsweep {meta['run_id']}: {len(grid)} trials ({len(errors)} failed) in {run_dir}")
+    for r in errors:
+        cause = [line for line in str(r.error).splitlines() if line.strip()]
+        print(f"  failed: {Path(r.path).name}: {cause[-1][:300] if cause else type(r.error).__name__}")
     for name in ("results", "trials", "report", "comparison_md"):
         if name in paths:
             print(f"  {name:14s} {paths[name]}")

@@ -102,5 +102,9 @@ def load_checkpoint(directory: str | Path, map_location: str | torch.device = "c
         meta = json.loads((directory / META_FILE).read_text())
         state = torch.load(directory / STATE_FILE, map_location=map_location, weights_only=False)
     except Exception as exc:  # torch raises many kinds for a corrupt file
-        raise CheckpointError(f"{directory}: checkpoint is unreadable ({type(exc).__name__}: {exc})") from exc
+        cause = str(exc).split(". ")[0][:80]  # short: Ray keeps only the tail of a worker's error
+        raise CheckpointError(
+            f"{directory / STATE_FILE}: checkpoint is corrupt or unreadable ({type(exc).__name__}: {cause}); "
+            "delete this checkpoint folder to fall back to an earlier one, or start the run afresh"
+        ) from exc
     return state, meta

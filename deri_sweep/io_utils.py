@@ -1,29 +1,107 @@
-"""Atomic file writes: a reader never sees a half-written file."""
+"""Writing results safely: atomic writes, and storage problems reported as what to do about them.
+
+A reader never sees a half-written file: every write goes through a temporary
+file in the same folder and an atomic rename. A full disk, a read-only mount or
+a permission problem becomes a :class:`StorageError` that names the path, the
+cause and the fix, instead of a bare ``OSError`` from deep inside a sweep.
+"""
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import tempfile
 from pathlib import Path
+
+_FIXES = {
+    errno.ENOSPC: "the disk is full: free space there or choose a folder on another disk",
+    errno.EDQUOT: "the disk quota is used up: free space there or choose a folder on another disk",
+    errno.EROFS: "the file system is read-only: choose a writable folder",
+    errno.EACCES: "permission denied: choose a folder you can write to, or fix its permissions",
+    errno.EPERM: "permission denied: choose a folder you can write to, or fix its permissions",
+    errno.ENOTDIR: "a file stands where a folder is needed: choose another path",
+}
+
+
+class StorageError(OSError):
+    """A folder or file that cannot be written (full, read-only, no permission); the message says what to do."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def storage_error(path: str | Path, exc: OSError, what: str) -> OSError:
+    """Turn an ``OSError`` of a storage kind into a :class:`StorageError` naming ``path`` and the fix.
+
+    Other errors are returned unchanged (the caller re-raises them).
+    """
+    fix = _FIXES.get(exc.errno or -1)
+    if fix is None:
+        return exc
+    return StorageError(exc.errno, f"{path}: cannot write the {what} ({os.strerror(exc.errno or 0)}); {fix}")
+
+
+def _reraise(error: OSError, cause: OSError) -> None:
+    if error is cause:
+        raise cause
+    raise error from cause
+
+
+def check_writable(folder: str | Path, *, what: str, min_free_gb: float = 0.0, hint: str = "") -> Path:
+    """Create ``folder`` if needed and prove it takes a file, with at least ``min_free_gb`` free.
+
+    Args:
+        folder: the folder a job is about to write into.
+        what: what goes there, for the message (e.g. ``"run directory"``).
+        min_free_gb: free space required, in GiB.
+        hint: extra advice appended to a low-space message (e.g. the flag that lowers the check).
+
+    Returns:
+        The folder, resolved.
+
+    Raises:
+        StorageError: the folder cannot be created or written, or it has too little space.
+    """
+    folder = Path(folder).expanduser().resolve()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-check-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        _reraise(storage_error(folder, exc, what), exc)
+    free_gb = shutil.disk_usage(folder).free / 2**30
+    if free_gb < min_free_gb:
+        raise StorageError(
+            errno.ENOSPC,
+            f"{folder}: only {free_gb:.2f} GiB free for the {what}, below the {min_free_gb:g} GiB it needs; "
+            f"free space there or choose a folder on another disk{hint}",
+        )
+    return folder
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder.
 
     Raises:
-        OSError: the folder is unwritable or the disk is full; ``path`` is
+        StorageError: the folder is unwritable or the disk is full; ``path`` is
             then left as it was (absent or its previous content).
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            _reraise(storage_error(path, exc, "file"), exc)
         raise
 
 

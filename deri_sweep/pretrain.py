@@ -72,11 +72,18 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(to_dict(cfg), indent=2))
         return 0
     from deri_sweep.data.cache import CacheError, SignalCache
+    from deri_sweep.io_utils import StorageError, check_writable
 
     try:
         SignalCache.open(cfg.data.cache)
     except CacheError as exc:
         print(f"error: data.cache: {exc}", file=sys.stderr)
+        return 2
+    try:
+        if "://" not in args.storage:
+            check_writable(args.storage, what="checkpoint storage", min_free_gb=0.5)
+    except StorageError as exc:
+        print(f"error: --storage: {exc}", file=sys.stderr)
         return 2
     init_ray(args.address)
     from deri_sweep.orchestration.pretrain import TrialResources, build_trainer

@@ -32,7 +32,9 @@ RESULT_COLUMNS = (
     "run_id", "trial_id", "variant", "config_hash", "seed", "task", "eval", "fraction", "probe_seed", "metric",
     "value", "checkpoint", "git_commit", "hours", "status",
 )  # fmt: skip
-TRIAL_COLUMNS = ("trial_id", "variant", "seed", "config_hash", "state", "hours", "epochs", "objective", "checkpoint")
+TRIAL_COLUMNS = (
+    "trial_id", "variant", "seed", "config_hash", "state", "hours", "epochs", "objective", "checkpoint", "error",
+)  # fmt: skip
 CURVE_METRICS = ("train_total", "val_total", "lr", "samples_per_s", "hours")
 
 
@@ -59,6 +61,16 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def _error(trial_dir: Path) -> str:
+    """The exception line of a failed trial's traceback (Tune's ``error.txt``), or ``""``."""
+    path = trial_dir / "error.txt"
+    if not path.exists():
+        return "failed (no error.txt)" if (trial_dir / "error.pkl").exists() else ""
+    lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    causes = [line for line in lines if not line.startswith(("File ", "Traceback", "^", "~"))]
+    return (causes[-1] if causes else "failed")[:500]
+
+
 def _tune_trials(run_dir: Path) -> list[dict[str, Any]]:
     """One dict per Tune trial folder: id, config and its reported results."""
     trials = []
@@ -68,8 +80,7 @@ def _tune_trials(run_dir: Path) -> list[dict[str, Any]]:
         trial_id = next((r["trial_id"] for r in results if "trial_id" in r), None)
         if trial_id is None:
             trial_id = folder.parent.name.split("_")[2] if folder.parent.name.count("_") >= 2 else folder.parent.name
-        error = (folder.parent / "error.txt").exists() or (folder.parent / "error.pkl").exists()
-        trials.append({"trial_id": trial_id, "params": params, "results": results, "error": error})
+        trials.append({"trial_id": trial_id, "params": params, "results": results, "error": _error(folder.parent)})
     return trials
 
 
@@ -90,7 +101,7 @@ def collect_tables(run_dir: str | Path, run_id: str) -> dict[str, pd.DataFrame]:
         summary = json.loads(summary_file.read_text()) if summary_file.exists() else {}
         overrides = params.get("overrides", {})
         searched.update(overrides)
-        finished = any("objective" in r for r in trial["results"])
+        finished = any("probes_done" in r for r in trial["results"])
         state = "PRUNED" if tid in stopped else ("COMPLETE" if finished else "FAILED")
         last = trial["results"][-1] if trial["results"] else {}
         hours = float(summary.get("hours", last.get("hours", 0.0)) or 0.0)
@@ -102,13 +113,14 @@ def collect_tables(run_dir: str | Path, run_id: str) -> dict[str, pd.DataFrame]:
             "state": state,
             "hours": hours,
             "epochs": float(last.get("epoch", 0.0) or 0.0),
-            "objective": float(last["objective"]) if "objective" in last else float("nan"),
+            "objective": float(last["objective"]) if finished and "objective" in last else float("nan"),
             "checkpoint": summary.get("checkpoint", ""),
+            "error": "" if finished else trial["error"],
             **{f"param/{k}": v for k, v in overrides.items()},
         }
         trial_rows.append(row)
         for r in trial["results"]:
-            if "epoch" not in r or "objective" in r:
+            if "epoch" not in r or "probes_done" in r:
                 continue
             curve_rows += [
                 {"trial_id": tid, "epoch": float(r["epoch"]), "metric": m, "value": float(r[m])}

@@ -39,3 +39,23 @@ def synth_manifest(synth_root: Path):
     import pandas as pd
 
     return pd.read_csv(synth_root / "synth_manifest.csv", dtype=str, keep_default_na=False)
+
+
+@pytest.fixture(scope="session")
+def short_caches(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Prepared caches of the synthetic MIMIC (pretraining) and PTB-XL (probes), 2 s of signal per record.
+
+    The sweep, fault and job-submission tests share them: 2 s instead of 10 s keeps
+    CPU steps short; everything else is the real pipeline.
+    """
+    from deri_sweep.data.prepare import PrepareOptions, prepare
+    from deri_sweep.data.signal import SignalOptions
+
+    short = SignalOptions(length=1000, window=1000)
+    root = tmp_path_factory.mktemp("short-caches")
+    caches = {}
+    for name in ("mimic", "ptbxl"):
+        options = PrepareOptions(name, short, shard_size=128, progress=False)
+        prepare(synth_root / SYNTH_FOLDERS[name], root / name, options)
+        caches[name] = root / name
+    return caches

@@ -102,3 +102,29 @@ def test_budget_stops_new_trials_but_keeps_state():
     again = BudgetSearcher(PlanSearcher(plan), budget_hours=math.inf)
     again.set_state(state)
     assert again.used_hours == pytest.approx(1.1)
+
+
+def test_optuna_searcher_survives_save_and_restore_mid_trial(tmp_path):
+    """Tune pickles the searcher into the experiment state; a resumed sweep tells Optuna about the same trial."""
+    run = "run-restore"
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    space = {"model.interaction.decode_t": ParamSpec("categorical", choices=[True, False]),
+             "model.loss.w_dec_t": ParamSpec("float", 0.1, 1.0, when={"model.interaction.decode_t": True})}  # fmt: skip
+
+    def searcher() -> PruningOptunaSearch:
+        return PruningOptunaSearch(
+            run, "val_total", space=define_by_run(space), metric="objective", mode="max", study_name=run,
+            storage=optuna.storages.RDBStorage(storage),
+        )  # fmt: skip
+
+    before = searcher()
+    config = before.suggest("t1")
+    before.on_trial_result("t1", {"val_total": 5.0, "training_iteration": 1})
+    before.save(str(tmp_path / "searcher.pkl"))  # the driver dies here
+    after = searcher()
+    after.restore(str(tmp_path / "searcher.pkl"))
+    after.on_trial_result("t1", {"val_total": 4.0, "training_iteration": 2})
+    after.on_trial_complete("t1", result={"objective": 0.7, "val_total": 4.0})
+    trials = optuna.load_study(study_name=run, storage=storage).trials
+    assert len(trials) == 1 and trials[0].state == TrialState.COMPLETE and trials[0].value == pytest.approx(0.7)
+    assert trials[0].params == config["overrides"] and trials[0].intermediate_values == {1: 5.0, 2: 4.0}

@@ -11,12 +11,8 @@ import pandas as pd
 import pytest
 
 from deri_sweep.data.cache import SignalCache
-from deri_sweep.data.prepare import PrepareOptions, prepare
-from deri_sweep.data.signal import SignalOptions
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
-
-SHORT = SignalOptions(length=1000, window=1000)
 
 SPACE = """\
 # test space: two variants; 'heavy' multiplies every loss term by 4, so its validation loss is far worse
@@ -36,16 +32,6 @@ scheduler: {type: asha, grace_period: 1, reduction_factor: 2}
 trial: {workers: 2, gpus_per_worker: 0, cpus_per_worker: 0.49, driver_cpus: 0.01}
 probes: {datasets: [ptbxl], fractions: [1.0], seeds: [0], epochs: 5, zero_shot: true, random_floor: true}
 """
-
-
-@pytest.fixture(scope="module")
-def short_caches(synth_root, tmp_path_factory):
-    root = tmp_path_factory.mktemp("sweep-caches")
-    caches = {}
-    for name, fmt, folder in (("mimic", "mimic", "mimic-iv-ecg"), ("ptbxl", "ptbxl", "ptb-xl")):
-        prepare(synth_root / folder, root / name, PrepareOptions(fmt, SHORT, shard_size=128, progress=False))
-        caches[name] = root / name
-    return caches
 
 
 def _ablate(args: list[str], cwd: Path) -> subprocess.CompletedProcess:

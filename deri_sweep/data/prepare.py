@@ -32,7 +32,7 @@ from deri_sweep.data.readers import Reader, open_reader
 from deri_sweep.data.record import RecordError
 from deri_sweep.data.signal import SignalOptions
 from deri_sweep.data.splits import default_split, normalise_id, read_split_files
-from deri_sweep.io_utils import atomic_write_bytes, atomic_write_text
+from deri_sweep.io_utils import StorageError, atomic_write_bytes, atomic_write_text, check_writable, storage_error
 
 log = logging.getLogger(__name__)
 
@@ -135,9 +135,17 @@ def build_shard(reader: Reader, keys: list[str], number: int, *, shard_dir: Path
     stack = np.stack(signals) if signals else np.zeros((0, 12, length), np.int16)
     stem = shard_dir / f"shard_{number:05d}"
     tmp = stem.with_suffix(".npy.tmp")
-    with open(tmp, "wb") as fh:
-        np.save(fh, stack)
-    os.replace(tmp, stem.with_suffix(".npy"))
+    try:
+        with open(tmp, "wb") as fh:  # header + raw bytes: file.write reports a full disk as ENOSPC
+            np.lib.format.write_array_header_1_0(fh, np.lib.format.header_data_from_array_1_0(stack))
+            fh.write(np.ascontiguousarray(stack).data)
+        os.replace(tmp, stem.with_suffix(".npy"))
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        error = storage_error(stem.with_suffix(".npy"), exc, "cache shard")
+        if error is exc:
+            raise
+        raise error from exc
     atomic_write_text(
         stem.with_suffix(".skipped.csv"),
         pd.DataFrame(skips, columns=["record_id", "reason", "detail"]).to_csv(index=False),
@@ -284,6 +292,7 @@ def prepare(root: str | Path, out: str | Path, opts: PrepareOptions, *, overwrit
     if info is not None and info.get("complete"):
         log.info("%s: cache is complete and matches; nothing to do", out)
         return info
+    check_writable(out, what="cache")
     keys = reader.keys()
     if opts.limit:
         keys = keys[: opts.limit]
@@ -378,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
             not args.quiet,
         )
         info = prepare(args.root, args.out, opts, overwrite=args.overwrite)
-    except (DatasetError, CacheError, TooManySkipped, ValueError) as exc:
+    except (DatasetError, CacheError, TooManySkipped, StorageError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(info["summary"], indent=2))

@@ -46,7 +46,7 @@ class StopRecordingASHA(ASHAScheduler):
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
         """Let ASHA decide; remember a STOP."""
         decision = super().on_trial_result(tune_controller, trial, result)
-        finished = "objective" in result or result.get(self._time_attr, 0) >= self._max_t - 1
+        finished = "probes_done" in result or result.get(self._time_attr, 0) >= self._max_t - 1
         if decision == TrialScheduler.STOP and not finished:
             stopped_trials(self.run_id).add(trial.trial_id)
             if self.record is not None:

@@ -97,8 +97,11 @@ class TrialSpec:
         workers: Ray Train workers per trial (4 on a GPU cluster).
         gpus_per_worker: GPUs per worker (0 trains on CPU).
         cpus_per_worker: CPUs per worker (fractions allowed).
-        driver_cpus: CPUs reserved for the trial's driver function.
+        driver_cpus: CPUs reserved for the trial's driver function (0 is allowed on a head
+            that offers no CPUs to tasks).
         max_failures: restarts of a trial's worker group from its last checkpoint.
+        driver_on_head: keep trial drivers (and so their Train controllers) on the head node,
+            so losing a GPU node never kills a trial's driver, only its workers.
     """
 
     workers: int = 2
@@ -106,6 +109,7 @@ class TrialSpec:
     cpus_per_worker: float = 0.49
     driver_cpus: float = 0.01
     max_failures: int = 2
+    driver_on_head: bool = True
 
 
 @dataclass
@@ -231,16 +235,22 @@ class SearchSpace:
                 raise ConfigError(f"optuna.{key}: {exc}") from exc
 
 
-def define_by_run(params: dict[str, ParamSpec]) -> Callable[[Any], None]:
+class DefineByRun:
     """An Optuna define-by-run function for a space's parameters, honouring ``when``.
 
     A parameter with ``when`` is only suggested when every condition holds for the
     parameters already suggested (declare conditions after what they depend on).
+    A class, not a closure: Tune pickles the searcher (and this with it) into the
+    experiment state that ``--resume`` restores.
     """
 
-    def sample(trial: Any) -> None:
+    def __init__(self, params: dict[str, ParamSpec]) -> None:
+        self.params = dict(params)
+
+    def __call__(self, trial: Any) -> None:
+        """Suggest every applicable parameter on the Optuna ``trial``."""
         chosen: dict[str, Any] = {}
-        for key, spec in params.items():
+        for key, spec in self.params.items():
             if spec.when and any(chosen.get(k) != v for k, v in spec.when.items()):
                 continue
             if spec.type == "categorical":
@@ -250,7 +260,10 @@ def define_by_run(params: dict[str, ParamSpec]) -> Callable[[Any], None]:
             else:
                 chosen[key] = trial.suggest_float(key, spec.low, spec.high, log=spec.log)
 
-    return sample
+
+def define_by_run(params: dict[str, ParamSpec]) -> Callable[[Any], None]:
+    """The picklable define-by-run function of ``params`` (see :class:`DefineByRun`)."""
+    return DefineByRun(params)
 
 
 def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:

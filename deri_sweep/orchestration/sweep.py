@@ -23,6 +23,7 @@ from typing import Any
 import pandas as pd
 import ray
 from ray import tune
+from ray.tune.integration.ray_train import TuneReportCallback
 
 from deri_sweep.checkpoint import git_commit
 from deri_sweep.config import from_dict, to_dict
@@ -41,6 +42,7 @@ from deri_sweep.results import config_hash
 log = logging.getLogger(__name__)
 
 STOPPED_FILE = "stopped_trials.txt"
+HEAD_NODE_RESOURCE = "node:__internal_head__"
 
 
 @dataclass
@@ -72,10 +74,20 @@ def _objective(space: SearchSpace, metrics: dict[str, Any], probes: pd.DataFrame
     return float(val.mean()) if len(val) else math.nan
 
 
+class EpochReportCallback(TuneReportCallback):
+    """Ray Train's Tune callback, with ``objective`` present (NaN) in every epoch's report.
+
+    Tune requires the searcher's metric in every result; a trial's real objective
+    only exists in its final report (marked ``probes_done``), once its probes ran.
+    """
+
+    def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
+        """Forward rank 0's metrics to Tune with a pending objective."""
+        super().after_report(run_context, [{"objective": math.nan, **metrics[0]}, *metrics[1:]], checkpoint)
+
+
 def trial_driver(config: dict[str, Any], context: SweepContext) -> None:
     """One trial: pretrain (TorchTrainer), then probe the checkpoint, then report the objective."""
-    from ray.tune.integration.ray_train import TuneReportCallback
-
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     space = from_dict(SearchSpace, context.space)
     trial_id = tune.get_context().get_trial_id()
@@ -88,7 +100,7 @@ def trial_driver(config: dict[str, Any], context: SweepContext) -> None:
     started = time.time()
     trainer = build_trainer(
         cfg, resources, storage=context.storage, name=f"trial_{trial_id}",
-        max_failures=space.trial.max_failures, callbacks=[TuneReportCallback()],
+        max_failures=space.trial.max_failures, callbacks=[EpochReportCallback()],
     )  # fmt: skip
     result = trainer.fit()
     if result.error is not None or result.checkpoint is None:
@@ -96,6 +108,7 @@ def trial_driver(config: dict[str, Any], context: SweepContext) -> None:
     # a local copy beside the trial's files: probe tasks read it even when Ray's storage is s3:// or gs://
     checkpoint = result.checkpoint.to_directory(str(out / "checkpoint"))
     metrics = dict(result.metrics)
+    units, _ = resources.accounting()
     summary = {
         "trial_id": trial_id,
         "variant": config["variant"],
@@ -108,7 +121,9 @@ def trial_driver(config: dict[str, Any], context: SweepContext) -> None:
         "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
         "git_commit": git_commit(),
         "optuna_number": config.get("optuna_number"),
+        # wall seconds: the whole fit (worker-group start included) and the epochs inside it
         "pretrain_seconds": time.time() - started,
+        "train_seconds": float(metrics.get("hours", 0.0)) * 3600 / (resources.workers * (units or 1.0)),
     }
     atomic_write_text(out / "trial.json", json.dumps(summary, indent=2))
     probes = None
@@ -117,12 +132,15 @@ def trial_driver(config: dict[str, Any], context: SweepContext) -> None:
         if probes_file.exists():
             probes = pd.read_parquet(probes_file)
         else:
+            probing = time.time()
             pending = probe_suite(
                 checkpoint, space.probes, context.caches, run_dir / "features",
                 resources=ProbeResources(**context.probe_resources), samples_dir=out,
             )  # fmt: skip
             probes = collect(pending)
             atomic_write_bytes(probes_file, probes.to_parquet(index=False))
+            summary["probe_seconds"] = time.time() - probing
+            atomic_write_text(out / "trial.json", json.dumps(summary, indent=2))
     objective = _objective(space, metrics, probes)
     final = {k: metrics[k] for k in (space.metric, "epoch", "hours") if k in metrics}
     tune.report({**final, "objective": objective, "probes_done": 1.0})
@@ -137,6 +155,14 @@ def max_concurrent(space: SearchSpace) -> int:
     else:
         fit = total.get("CPU", 0.0) / (trial.workers * trial.cpus_per_worker + trial.driver_cpus)
     return max(1, math.floor(fit + 1e-9))
+
+
+def driver_resources(space: SearchSpace) -> dict[str, float]:
+    """What a trial's driver asks for: a sliver of CPU, and a sliver of the head node when pinned there."""
+    request = {"CPU": space.trial.driver_cpus}
+    if space.trial.driver_on_head:
+        request[HEAD_NODE_RESOURCE] = 0.001  # Ray gives the head node 1.0 of this resource
+    return request
 
 
 def trial_plan(space: SearchSpace) -> list[dict[str, Any]]:
@@ -201,9 +227,7 @@ def run_sweep(
         run_id, str(run_dir), to_dict(space), {k: str(v) for k, v in caches.items()},
         storage or str(run_dir / "train"), probe_resources or {"num_cpus": 0.25, "num_gpus": 0.0},
     )  # fmt: skip
-    trainable = tune.with_resources(
-        tune.with_parameters(trial_driver, context=context), {"CPU": space.trial.driver_cpus}
-    )
+    trainable = tune.with_resources(tune.with_parameters(trial_driver, context=context), driver_resources(space))
     tune_dir = run_dir / "tune"
     if resume and tune.Tuner.can_restore(str(tune_dir)):
         log.info("resuming the sweep in %s", tune_dir)
