@@ -62,6 +62,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _set_overrides(pairs: list[str]) -> dict[str, object]:
+    """``--set KEY=VALUE`` pairs, each value read as YAML (``5`` an int, ``false`` a bool, ``1e-3`` a float)."""
+    import yaml
+
+    out: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {pair!r}: expected KEY=VALUE, e.g. --set optim.epochs=5")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
 def _caches(args: argparse.Namespace) -> dict[str, Path]:
     if args.caches:
         pairs = [c.partition("=") for c in args.caches]
@@ -87,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         space = load_space(args.space)
         if args.overrides:
-            space.base.update(dict(o.split("=", 1) for o in args.overrides))
+            space.base.update(_set_overrides(args.overrides))
             space.validate()
         run_dir = (args.out or Path("runs") / f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
         if args.resume and not (run_dir / "sweep.json").exists():

@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -24,6 +25,9 @@ from typing import Any, TypeVar, Union
 import yaml
 
 T = TypeVar("T")
+
+
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
 class ConfigError(ValueError):
@@ -80,6 +84,8 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+            return float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
         raise ConfigError(f"{path}: expected a number, got {value!r}")
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
@@ -165,8 +171,9 @@ def apply_overrides(config: T, overrides: list[str] | tuple[str, ...]) -> T:
         node[keys[-1]] = value
     try:
         return from_dict(type(config), data)
-    except ConfigError as exc:
-        raise ConfigError(f"--set {' '.join(overrides)}: {exc}") from exc
+    except ConfigError as exc:  # name the override whose value is wrong
+        culprit = [o for o in overrides if str(exc).startswith(o.partition("=")[0].strip() + ":")]
+        raise ConfigError(f"--set {culprit[-1]}: {exc}" if culprit else str(exc)) from exc
 
 
 def load_yaml(cls: type[T], path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> T:

@@ -100,3 +100,24 @@ def test_conditional_optuna_parameters_follow_their_condition():
         space.train_config(params, 42)  # every sampled combination is a valid config
         study.tell(trial, 0.0)
     assert seen_on and seen_off
+
+
+def test_ablate_set_values_are_read_as_yaml_and_a_bad_one_is_named(tmp_path):
+    import subprocess
+    import sys
+
+    from deri_sweep.ablate import _set_overrides
+
+    assert _set_overrides(["optim.lr=1e-3", "optim.epochs=5", "model.interaction.decode_t=false"]) == {
+        "optim.lr": "1e-3", "optim.epochs": 5, "model.interaction.decode_t": False,
+    }  # fmt: skip
+    space = load_space("smoke")
+    space.base.update(_set_overrides(["optim.lr=1e-3", "optim.epochs=5"]))
+    space.validate()
+    assert space.train_config({}, 42).optim.lr == 0.001 and space.train_config({}, 42).optim.epochs == 5
+    run = subprocess.run(
+        [sys.executable, "-m", "deri_sweep.ablate", "--set", "optim.epochs=abc", "--out", str(tmp_path / "run")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 2
+    assert run.stderr.strip().endswith("--set optim.epochs=abc: optim.epochs: expected an integer, got 'abc'")

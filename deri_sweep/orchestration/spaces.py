@@ -184,7 +184,7 @@ class SearchSpace:
         merged = {**self.base, **overrides, "seed": seed}
         return apply_overrides(
             TrainConfig(),
-            [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip()}" for k, v in _flat(merged).items()],
+            [f"{k}={_yaml_value(v)}" for k, v in _flat(merged).items()],
         )
 
     def grid_points(self) -> list[tuple[str, dict[str, Any]]]:
@@ -264,6 +264,11 @@ class DefineByRun:
 def define_by_run(params: dict[str, ParamSpec]) -> Callable[[Any], None]:
     """The picklable define-by-run function of ``params`` (see :class:`DefineByRun`)."""
     return DefineByRun(params)
+
+
+def _yaml_value(value: Any) -> str:
+    """``value`` as one line of YAML (without the document-end marker PyYAML adds to plain scalars)."""
+    return yaml.safe_dump(value, default_flow_style=True).removesuffix("\n...\n").strip()
 
 
 def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
