@@ -17,6 +17,7 @@ as a lost spot instance would be, and a fresh node joins in their place.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -76,8 +77,14 @@ def _replace_node(cluster, node_id: str) -> None:
     cluster.add_node(num_cpus=1)
 
 
-def _checkpoints(trial_storage: Path) -> list[Path]:
-    return sorted(trial_storage.glob("checkpoint_*/meta.json"))
+def _checkpoints(trial_storage: Path) -> list[str]:
+    """Checkpoints the Train controller has registered (a folder on disk may still be in flight)."""
+    snapshot = trial_storage / "checkpoint_manager_snapshot.json"
+    try:
+        results = json.loads(snapshot.read_text())["checkpoint_results"]
+    except (OSError, ValueError, KeyError):
+        return []
+    return [r["checkpoint_dir_name"] for r in results]
 
 
 def _args(space: Path, run_dir: Path, cluster, caches: dict[str, Path]) -> list[str]:
@@ -128,7 +135,7 @@ def test_node_death_resumes_and_a_corrupt_checkpoint_fails_only_its_trial(cluste
     log = tmp_path / "ablate.log"
     driver = start_ablate(_args(space, run_dir, cluster, short_caches), tmp_path, log)
     try:  # Cluster changes its nodes from the main thread only: the sweep runs in the background
-        first = wait_for(lambda: [p.parents[1] for p in train.glob("trial_*/checkpoint_*/meta.json")],
+        first = wait_for(lambda: [t for t in train.glob("trial_*") if _checkpoints(t)],
                          "the first trial's first checkpoint")[0]  # fmt: skip
         _replace_node(cluster, wait_for(lambda: _node_running(cluster, "actor", "RayTrainWorker"), "a Train worker"))
         for state in first.glob("checkpoint_*/state.pt"):  # the restarted group finds them all corrupt

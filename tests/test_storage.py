@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import run_ablate
 
 from deri_sweep.io_utils import StorageError, atomic_write_text, check_writable
 
@@ -49,15 +50,9 @@ def small_disk(tmp_path):
     subprocess.run(["umount", str(target)], check=False)
 
 
-def _ablate(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "deri_sweep.ablate", *args], cwd=cwd, capture_output=True, text=True, timeout=300
-    )
-
-
 def test_ablate_refuses_an_unwritable_run_directory_before_starting_anything(readonly_dir, short_caches, tmp_path):
     caches = [f"{k}={v}" for k, v in short_caches.items()]
-    run = _ablate(["--out", str(readonly_dir / "run"), "--caches", *caches], tmp_path)
+    run = run_ablate(["--out", str(readonly_dir / "run"), "--caches", *caches], tmp_path)
     assert run.returncode == 2
     message = run.stderr.strip().splitlines()[-1]
     assert str(readonly_dir / "run") in message and "cannot write the run directory" in message
@@ -68,7 +63,7 @@ def test_ablate_refuses_an_unwritable_run_directory_before_starting_anything(rea
 
 def test_ablate_refuses_a_run_directory_without_enough_free_space(small_disk, short_caches, tmp_path):
     caches = [f"{k}={v}" for k, v in short_caches.items()]
-    run = _ablate(["--out", str(small_disk / "run"), "--caches", *caches], tmp_path)
+    run = run_ablate(["--out", str(small_disk / "run"), "--caches", *caches], tmp_path)
     assert run.returncode == 2
     message = run.stderr.strip().splitlines()[-1]
     assert f"{small_disk / 'run'}: only 0.00 GiB free for the run directory, below the 1 GiB" in message

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers import run_ablate
 
 from deri_sweep.data.cache import SignalCache
 
@@ -34,18 +34,12 @@ probes: {datasets: [ptbxl], fractions: [1.0], seeds: [0], epochs: 5, zero_shot: 
 """
 
 
-def _ablate(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "deri_sweep.ablate", *args], cwd=cwd, capture_output=True, text=True, timeout=900
-    )
-
-
 @pytest.fixture(scope="module")
 def sweep_run(short_caches, tmp_path_factory):
     work = tmp_path_factory.mktemp("sweep")
     (work / "space.yaml").write_text(SPACE)
     caches = [f"{k}={v}" for k, v in short_caches.items()]
-    run = _ablate(["--space", "space.yaml", "--out", "run", "--concurrency", "1", "--caches", *caches], work)
+    run = run_ablate(["--space", "space.yaml", "--out", "run", "--concurrency", "1", "--caches", *caches], work)
     assert run.returncode == 0, run.stderr[-3000:]
     return work / "run", run
 

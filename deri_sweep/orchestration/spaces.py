@@ -18,7 +18,7 @@ A space file (see ``search_spaces/*.yaml``) has these sections::
     objective: pretrain                # pretrain (metric above) | probe (mean val AUROC of the probe plan)
     baseline: full
     scheduler: {type: asha, grace_period: 1, reduction_factor: 2}
-    trial: {workers: 2, gpus_per_worker: 0, cpus_per_worker: 0.49, driver_cpus: 0.01}
+    trial: {workers: 2, gpus_per_worker: 0, cpus_per_worker: 0.49, driver_cpus: 0.01, driver_on_head: true}
     probes: {datasets: [ptbxl], fractions: [0.01, 0.1, 1.0], seeds: [0], ...}
 
 Every configuration a space can produce is checked against :class:`TrainConfig`
