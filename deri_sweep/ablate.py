@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from deri_sweep.config import ConfigError
+from deri_sweep.config import ConfigError, parse_override
 
 log = logging.getLogger("deri_sweep.ablate")
 
@@ -63,16 +63,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _set_overrides(pairs: list[str]) -> dict[str, object]:
-    """``--set KEY=VALUE`` pairs, each value read as YAML (``5`` an int, ``false`` a bool, ``1e-3`` a float)."""
-    import yaml
-
-    out: dict[str, object] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--set {pair!r}: expected KEY=VALUE, e.g. --set optim.epochs=5")
-        out[key.strip()] = yaml.safe_load(value)
-    return out
+    """``--set KEY=VALUE`` pairs as ``{dotted key: value}``, each value read as YAML (see ``parse_override``)."""
+    return {".".join(keys): value for keys, value in map(parse_override, pairs)}
 
 
 def _caches(args: argparse.Namespace) -> dict[str, Path]:

@@ -12,7 +12,10 @@ import errno
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 _FIXES = {
     errno.ENOSPC: "the disk is full: free space there or choose a folder on another disk",
@@ -81,8 +84,13 @@ def check_writable(folder: str | Path, *, what: str, min_free_gb: float = 0.0, h
     return folder
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder.
+@contextmanager
+def atomic_writer(path: str | Path, what: str = "file") -> Iterator[BinaryIO]:
+    """A binary file handle whose content replaces ``path`` only once the block ends without error.
+
+    Args:
+        path: the file to (re)write.
+        what: what the file is, for a :class:`StorageError` message.
 
     Raises:
         StorageError: the folder is unwritable or the disk is full; ``path`` is
@@ -93,7 +101,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -101,8 +109,14 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
         if isinstance(exc, OSError):
-            _reraise(storage_error(path, exc, "file"), exc)
+            _reraise(storage_error(path, exc, what), exc)
         raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_writer`)."""
+    with atomic_writer(path) as fh:
+        fh.write(data)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

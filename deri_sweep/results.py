@@ -35,6 +35,8 @@ RESULT_COLUMNS = (
 TRIAL_COLUMNS = (
     "trial_id", "variant", "seed", "config_hash", "state", "hours", "epochs", "objective", "checkpoint", "error",
 )  # fmt: skip
+#: key present only in a trial's final report (sent once its probes ran); epoch reports lack it
+FINAL_REPORT_KEY = "probes_done"
 CURVE_METRICS = ("train_total", "val_total", "lr", "samples_per_s", "hours")
 
 
@@ -101,7 +103,7 @@ def collect_tables(run_dir: str | Path, run_id: str) -> dict[str, pd.DataFrame]:
         summary = json.loads(summary_file.read_text()) if summary_file.exists() else {}
         overrides = params.get("overrides", {})
         searched.update(overrides)
-        finished = any("probes_done" in r for r in trial["results"])
+        finished = any(FINAL_REPORT_KEY in r for r in trial["results"])
         state = "PRUNED" if tid in stopped else ("COMPLETE" if finished else "FAILED")
         last = trial["results"][-1] if trial["results"] else {}
         hours = float(summary.get("hours", last.get("hours", 0.0)) or 0.0)
@@ -120,7 +122,7 @@ def collect_tables(run_dir: str | Path, run_id: str) -> dict[str, pd.DataFrame]:
         }
         trial_rows.append(row)
         for r in trial["results"]:
-            if "epoch" not in r or "probes_done" in r:
+            if "epoch" not in r or FINAL_REPORT_KEY in r:
                 continue
             curve_rows += [
                 {"trial_id": tid, "epoch": float(r["epoch"]), "metric": m, "value": float(r[m])}

@@ -32,7 +32,7 @@ from deri_sweep.data.readers import Reader, open_reader
 from deri_sweep.data.record import RecordError
 from deri_sweep.data.signal import SignalOptions
 from deri_sweep.data.splits import default_split, normalise_id, read_split_files
-from deri_sweep.io_utils import StorageError, atomic_write_bytes, atomic_write_text, check_writable, storage_error
+from deri_sweep.io_utils import StorageError, atomic_write_bytes, atomic_write_text, atomic_writer, check_writable
 
 log = logging.getLogger(__name__)
 
@@ -134,18 +134,10 @@ def build_shard(reader: Reader, keys: list[str], number: int, *, shard_dir: Path
     length = reader.options.length
     stack = np.stack(signals) if signals else np.zeros((0, 12, length), np.int16)
     stem = shard_dir / f"shard_{number:05d}"
-    tmp = stem.with_suffix(".npy.tmp")
-    try:
-        with open(tmp, "wb") as fh:  # header + raw bytes: file.write reports a full disk as ENOSPC
-            np.lib.format.write_array_header_1_0(fh, np.lib.format.header_data_from_array_1_0(stack))
-            fh.write(np.ascontiguousarray(stack).data)
-        os.replace(tmp, stem.with_suffix(".npy"))
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        error = storage_error(stem.with_suffix(".npy"), exc, "cache shard")
-        if error is exc:
-            raise
-        raise error from exc
+    with atomic_writer(stem.with_suffix(".npy"), "cache shard") as fh:
+        # header + raw bytes: file.write reports a full disk as ENOSPC (np.save's tofile does not)
+        np.lib.format.write_array_header_1_0(fh, np.lib.format.header_data_from_array_1_0(stack))
+        fh.write(np.ascontiguousarray(stack).data)
     atomic_write_text(
         stem.with_suffix(".skipped.csv"),
         pd.DataFrame(skips, columns=["record_id", "reason", "detail"]).to_csv(index=False),

@@ -24,6 +24,8 @@ from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
+from deri_sweep.results import FINAL_REPORT_KEY
+
 log = logging.getLogger(__name__)
 
 #: run id -> trial ids stopped early by the scheduler (shared in the driver process)
@@ -46,7 +48,7 @@ class StopRecordingASHA(ASHAScheduler):
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
         """Let ASHA decide; remember a STOP."""
         decision = super().on_trial_result(tune_controller, trial, result)
-        finished = "probes_done" in result or result.get(self._time_attr, 0) >= self._max_t - 1
+        finished = FINAL_REPORT_KEY in result or result.get(self._time_attr, 0) >= self._max_t - 1
         if decision == TrialScheduler.STOP and not finished:
             stopped_trials(self.run_id).add(trial.trial_id)
             if self.record is not None:

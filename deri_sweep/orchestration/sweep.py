@@ -37,7 +37,7 @@ from deri_sweep.orchestration.searchers import (
     StopRecordingASHA,
 )
 from deri_sweep.orchestration.spaces import SearchSpace, define_by_run
-from deri_sweep.results import config_hash
+from deri_sweep.results import FINAL_REPORT_KEY, config_hash
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ class EpochReportCallback(TuneReportCallback):
     """Ray Train's Tune callback, with ``objective`` present (NaN) in every epoch's report.
 
     Tune requires the searcher's metric in every result; a trial's real objective
-    only exists in its final report (marked ``probes_done``), once its probes ran.
+    only exists in its final report (marked ``FINAL_REPORT_KEY``), once its probes ran.
     """
 
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
@@ -143,7 +143,7 @@ def trial_driver(config: dict[str, Any], context: SweepContext) -> None:
             atomic_write_text(out / "trial.json", json.dumps(summary, indent=2))
     objective = _objective(space, metrics, probes)
     final = {k: metrics[k] for k in (space.metric, "epoch", "hours") if k in metrics}
-    tune.report({**final, "objective": objective, "probes_done": 1.0})
+    tune.report({**final, "objective": objective, FINAL_REPORT_KEY: 1.0})
 
 
 def max_concurrent(space: SearchSpace) -> int:
