@@ -47,11 +47,21 @@ class ECGConfig:
 
 @dataclass
 class TokenConfig:
-    """Token head: Conv1d(512->dim, k1, stride) then a ``heads``-head attention-pool block."""
+    """Token head: Conv1d(512->dim, k1, stride) then a ``heads``-head attention-pool block.
+
+    Attributes:
+        stride: stride of the 1x1 conv (3: T = 105 tokens for 5000 samples).
+        dim: token width d.
+        heads: attention heads of the token head's attention-pool block.
+        pool_projection: apply a Linear after the attention-pool blocks' attention
+            (the reference defines c_proj but does not apply it); off by default.
+            Applies to the token head's pool and to both RME pools.
+    """
 
     stride: int = 3
     dim: int = 256
     heads: int = 4
+    pool_projection: bool = False
 
     def __post_init__(self) -> None:
         _check(self.stride >= 1, f"token.stride={self.stride} must be >= 1")
@@ -184,7 +194,11 @@ class ReportDecoderConfig:
 
 @dataclass
 class ProbeConfig:
-    """Which frozen ECG feature downstream tasks use (spec section 8)."""
+    """Which frozen ECG feature downstream tasks use (spec section 8).
+
+    ``mix`` is the model's final representation (m_e, or z_e without fusion or decode_t),
+    so it is valid for every variant; ``aligned`` is z_e; ``resnet`` the mean-pooled F.
+    """
 
     feature: Literal["mix", "aligned", "resnet"] = "mix"
 
@@ -228,13 +242,23 @@ class ModelConfig:
             "or loss.w_cap=0",
         )
         _check(
-            self.probe.feature != "mix" or self.fusion,
-            "probe.feature=mix needs fusion=true; set probe.feature=aligned (or resnet) or fusion=true",
-        )
-        _check(
             self.token.dim % self.rme.heads == 0,
             f"rme.heads={self.rme.heads} must divide token.dim={self.token.dim}",
         )
+
+    def representation(self, feature: str) -> str:
+        """What a probe of ``feature`` reads from this model: ``"m_e"``, ``"z_e"`` or ``"resnet"``.
+
+        ``mix`` is the model's final ECG representation: m_e = z_e + proj_t(d_t) when
+        fusion and decode_t are on, else z_e (the switched-off term drops out of the sum).
+        """
+        if feature == "resnet":
+            return "resnet"
+        if feature == "mix" and self.fusion and self.interaction.decode_t:
+            return "m_e"
+        if feature in ("mix", "aligned"):
+            return "z_e"
+        raise ConfigError(f"probe feature {feature!r}; use mix, aligned or resnet")
 
     def unused_parts(self) -> list[str]:
         """Enabled parts that no loss term trains (they still own parameters).

@@ -66,7 +66,9 @@ class DERI(nn.Module):
         self.proj_t = nn.Sequential(nn.Linear(h, d), nn.GELU(), nn.Linear(d, d))  # H -> d
         self.decode_t = InteractionStack(d, h, d, t, inter, append_token=True) if inter.decode_t else None
         self.decode_e = InteractionStack(d, d, d, cfg.text.max_length, inter) if inter.decode_e else None
-        self.rme = RMEPools(d, cfg.rme.heads, t, cfg.rme.keep_ratio) if cfg.rme.enabled else None
+        self.rme = (
+            RMEPools(d, cfg.rme.heads, t, cfg.rme.keep_ratio, cfg.token.pool_projection) if cfg.rme.enabled else None
+        )
         self.decoder: ReportDecoder | None = None
         if cfg.loss.w_cap > 0:
             tokenizer = text_tower.tokenizer if text_tower is not None else None
@@ -127,7 +129,9 @@ class DERI(nn.Module):
 
         Args:
             ecg: (B, leads, num_samples).
-            feature: ``"mix"`` m_e = z_e + proj_t(d_t) (B, d) (z_e when decode_t is off);
+            feature: ``"mix"`` the model's final ECG representation: m_e = z_e + proj_t(d_t)
+                (B, d), which is z_e when decode_t or fusion is off (spec section 4: a part
+                that is off drops its term from the sum; see :meth:`ModelConfig.representation`);
                 ``"aligned"`` z_e (B, d); ``"resnet"`` mean-pooled F (B, 512);
                 ``"tokens"`` E (B, T, d). Default ``cfg.probe.feature``.
         """
@@ -143,10 +147,8 @@ class DERI(nn.Module):
             return z_e
         if feature != "mix":
             raise ValueError(f"feature={feature!r}; use mix, aligned, resnet or tokens")
-        if not self.cfg.fusion:
-            raise ValueError("feature=mix needs fusion=true; use feature=aligned")
-        if self.decode_t is None:
-            return z_e
+        if not self.cfg.fusion or self.decode_t is None:
+            return z_e  # nothing is fused into the ECG side: its final representation is z_e
         return z_e + self.proj_t(self.decode_t(e_hat).mean(dim=1))  # (B, d)
 
     # ----------------------------------------------------------------------------- forward

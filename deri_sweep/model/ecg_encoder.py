@@ -81,17 +81,24 @@ class AttentionPool(nn.Module):
     """Learned pos-emb for n+2 positions, one separator at both ends, one multi-head self-attention.
 
     As in the reference (MERL/DERI ``AttentionPool``) there is no residual, norm or
-    FFN; the attention is followed by the block's output projection ``proj``
-    (the reference's ``c_proj``). Separators are dropped from the output.
+    FFN, and no projection after the attention: the reference defines ``c_proj`` but
+    its forward has it commented out. ``projection=True`` (``token.pool_projection``)
+    adds that Linear(dim, dim) as ``proj``. Separators are dropped from the output.
+
+    Args:
+        dim: token width d.
+        heads: attention heads (must divide ``dim``).
+        n_tokens: sequence length n the positional embedding is sized for.
+        projection: apply a Linear(dim, dim) after the attention.
     """
 
-    def __init__(self, dim: int, heads: int, n_tokens: int) -> None:
+    def __init__(self, dim: int, heads: int, n_tokens: int, projection: bool = False) -> None:
         super().__init__()
         self.n_tokens = n_tokens
         self.sep = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos = nn.Parameter(torch.zeros(1, n_tokens + 2, dim))
         self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
-        self.proj = nn.Linear(dim, dim)
+        self.proj: nn.Linear | None = nn.Linear(dim, dim) if projection else None
         nn.init.trunc_normal_(self.sep, std=0.02)
         nn.init.trunc_normal_(self.pos, std=0.02)
 
@@ -102,16 +109,21 @@ class AttentionPool(nn.Module):
         sep = self.sep.expand(x.shape[0], -1, -1)  # (B, 1, dim)
         h = torch.cat([sep, x, sep], dim=1) + self.pos  # (B, n+2, dim)
         h, _ = self.attn(h, h, h, need_weights=False)  # (B, n+2, dim)
-        return self.proj(h[:, 1:-1])  # (B, n, dim)
+        h = h[:, 1:-1]  # (B, n, dim)
+        return self.proj(h) if self.proj is not None else h
 
 
 class TokenHead(nn.Module):
-    """Strided 1x1 conv (512 -> d) and the 4-head attention-pool block (~0.49 M params)."""
+    """Strided 1x1 conv (512 -> d) and the 4-head attention-pool block.
+
+    0.42 M parameters at the reference size (0.49 M with ``token.pool_projection``,
+    the figure of spec section 10, which counts the reference's unused ``c_proj``).
+    """
 
     def __init__(self, c_in: int, cfg: TokenConfig, n_tokens: int) -> None:
         super().__init__()
         self.conv = nn.Conv1d(c_in, cfg.dim, 1, stride=cfg.stride)
-        self.pool = AttentionPool(cfg.dim, cfg.heads, n_tokens)
+        self.pool = AttentionPool(cfg.dim, cfg.heads, n_tokens, cfg.pool_projection)
 
     def forward(self, feats: Tensor) -> tuple[Tensor, Tensor]:
         """F (B, 512, L) -> (D (B, T, d), E (B, T, d))."""
@@ -153,17 +165,27 @@ class ECGEncoder(nn.Module):
 
 
 class RMEPools(nn.Module):
-    """Two random masked views of D, each pooled by its own attention-pool block (~0.7 M params).
+    """Two random masked views of D, each pooled by its own attention-pool block.
+
+    0.58 M parameters at the reference size (0.71 M with ``projection``, the ~0.7 M of
+    spec section 10, which counts the reference's unused ``c_proj``).
 
     Each view keeps ``int(T * keep_ratio)`` tokens chosen at random per sample, in time
     order (the reference shuffles; keeping time order is the spec's decision).
+
+    Args:
+        dim: token width d.
+        heads: attention heads of each pool.
+        n_tokens: T, the length of D.
+        keep_ratio: fraction of the T tokens each view keeps.
+        projection: apply a Linear(dim, dim) after each pool's attention (``token.pool_projection``).
     """
 
-    def __init__(self, dim: int, heads: int, n_tokens: int, keep_ratio: float) -> None:
+    def __init__(self, dim: int, heads: int, n_tokens: int, keep_ratio: float, projection: bool = False) -> None:
         super().__init__()
         self.n_keep = max(1, int(n_tokens * keep_ratio))
-        self.pool1 = AttentionPool(dim, heads, self.n_keep)
-        self.pool2 = AttentionPool(dim, heads, self.n_keep)
+        self.pool1 = AttentionPool(dim, heads, self.n_keep, projection)
+        self.pool2 = AttentionPool(dim, heads, self.n_keep, projection)
 
     def _view(self, d: Tensor) -> Tensor:
         b, t, dim = d.shape
