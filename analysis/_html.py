@@ -35,6 +35,7 @@ table.data th { background:var(--soft); font-weight:600; text-align:center; }
 table.data th.rowh, table.data td.rowh { text-align:left; }
 table.cmp td .ci, table.cmp td .d { display:block; color:var(--muted); font-size:11px; }
 table.cmp td .d.sig-neg { color:#b91c1c; } table.cmp td .d.sig-pos { color:#15803d; }
+table.cmp td .d .verdict { font-weight:600; } table.cmp td.rowh .feat { color:var(--muted); font-size:11px; }
 table.cmp td.best { font-weight:700; background:#eef4ff; }
 table.cmp td.best .ci, table.cmp td.best .d { font-weight:400; }
 table.cmp tr.published td { font-style:italic; color:#8a94a3; background:#fafafa; }

@@ -10,30 +10,78 @@ import pandas as pd
 
 from analysis._html import esc, page
 from analysis._io import write_text
-from analysis.tables import CSV_COLUMNS, ComparisonTable, fraction_label
+from analysis.tables import CSV_COLUMNS, HELPS, HURTS, ComparisonTable, fraction_label, verdict_word
 
-__all__ = ["comparison_csv", "comparison_html", "comparison_markdown", "legend", "write_comparison"]
+__all__ = [
+    "comparison_csv",
+    "comparison_html",
+    "comparison_markdown",
+    "legend",
+    "row_label",
+    "verdict_legend",
+    "write_comparison",
+]
 
 logger = logging.getLogger(__name__)
 
 
-def _p(p: float) -> str:
-    return "p<0.001" if p < 1e-3 else f"p={p:.3f}"
+def _p(p: float, name: str = "p") -> str:
+    return f"{name}<0.001" if p < 1e-3 else f"{name}={p:.3f}"
+
+
+def _num(c: pd.Series, key: str) -> float:
+    value = c.get(key)
+    return float(value) if value is not None and not pd.isna(value) else math.nan
+
+
+def _verdict(c: pd.Series) -> str:
+    value = c.get("verdict")
+    return value if isinstance(value, str) else ""
+
+
+def _level(table: ComparisonTable) -> str:
+    return f"{table.confidence * 100:g}%"
 
 
 def legend(table: ComparisonTable) -> str:
     """One-paragraph plain-text explanation of what the cells mean."""
     base = (
-        f"Δ = mean paired difference vs {table.baseline!r} over pretraining seeds, p = paired t-test; "
+        f"Δ = mean paired difference vs {table.baseline!r} over pretraining seeds, "
+        f"p_Holm = paired t-test p-value Holm-corrected over the {table.n_comparisons} tested cells; "
         if (table.baseline)
         else "No baseline variant: no deltas. "
     )
     best = "highest" if table.higher_is_better else "lowest"
     return (
         f"{table.eval} · {table.metric}. Cells: mean over pretraining seeds (probe seeds averaged first) "
-        f"[95% t-interval]; {base}bold = {best} mean per column among this run's variants; "
-        "published rows (italic) are references from the spec."
+        f"[{_level(table)} t-interval]; {base}bold = {best} mean per column among this run's variants; "
+        "rows name the probed feature in parentheses; published rows (italic) are references from the spec."
     )
+
+
+def verdict_legend(table: ComparisonTable) -> str:
+    """Plain-text key of the verdict words shown in the cells ("" without a baseline)."""
+    if not table.baseline:
+        return ""
+    a = f"{table.alpha:g}"
+    return (
+        f"Verdict vs baseline {table.baseline!r}: helps = better than the baseline (p_Holm < {a}); "
+        f"hurts = worse than the baseline (p_Holm < {a}); n.s. = no detectable difference "
+        f"(the {_level(table)} CI of Δ is in comparison.csv, delta_ci_low/delta_ci_high); "
+        "untested = fewer than 2 pretraining seeds paired with the baseline."
+    )
+
+
+def row_label(table: ComparisonTable, variant: str) -> str:
+    """Row header text: the variant with its probed feature, e.g. ``"no_fusion (z_e)"``."""
+    feature = table.row_feature(variant)
+    return f"{variant} ({feature})" if feature else variant
+
+
+def _split_notes(table: ComparisonTable) -> tuple[list[str], list[str]]:
+    """(Holm notes, shown under the verdict key; the other notes)."""
+    holm = [n for n in table.notes if n.startswith("verdicts:")]
+    return holm, [n for n in table.notes if n not in holm]
 
 
 def _col_header(task: str, fraction: float) -> str:
@@ -41,7 +89,7 @@ def _col_header(task: str, fraction: float) -> str:
 
 
 def comparison_markdown(table: ComparisonTable) -> str:
-    """GitHub-flavoured Markdown: a title, the legend, the table and the notes."""
+    """GitHub-flavoured Markdown: a title, the legend, the table, the verdict key with the Holm note, the notes."""
     cols = table.columns
     lines = [f"# Comparison: {table.eval} / {table.metric}", "", legend(table), ""]
     if table.frame.empty:
@@ -49,11 +97,17 @@ def comparison_markdown(table: ComparisonTable) -> str:
     lines.append("| variant | " + " | ".join(_col_header(t, f) for t, f in cols) + " |")
     lines.append("|---|" + "---:|" * len(cols))
     for variant in table.variants:
-        label = f"{variant} (baseline)" if variant == table.baseline else variant
+        label = row_label(table, variant)
+        label = f"{label} (baseline)" if variant == table.baseline else label
         cells = [_md_cell(table.cell(variant, t, f)) for t, f in cols]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    if table.notes:
-        lines += ["", "Notes:", *(f"- {n}" for n in table.notes)]
+    holm, other = _split_notes(table)
+    if key := verdict_legend(table):
+        lines += ["", key]
+        for note in holm:
+            lines += ["", note]
+    if other:
+        lines += ["", "Notes:", *(f"- {n}" for n in other)]
     return "\n".join(lines) + "\n"
 
 
@@ -65,7 +119,11 @@ def _md_cell(c: pd.Series | None) -> str:
     text = f"**{c['mean']:.3f}**" if c["best"] else f"{c['mean']:.3f}"
     text += f" [{c['ci_low']:.3f}, {c['ci_high']:.3f}]" if math.isfinite(c["ci_low"]) else " (1 seed, no CI)"
     if math.isfinite(c["delta"]):
-        text += f" Δ{c['delta']:+.3f}" + (f" ({_p(c['p_value'])})" if math.isfinite(c["p_value"]) else "")
+        text += f" Δ{c['delta']:+.3f}"
+        if math.isfinite(p_holm := _num(c, "p_holm")):
+            text += f" ({_p(p_holm, 'p_Holm')})"
+    if word := verdict_word(_verdict(c)):
+        text += f" {word}"
     return text
 
 
@@ -74,7 +132,7 @@ def comparison_csv(table: ComparisonTable) -> str:
     return table.frame[CSV_COLUMNS].to_csv(index=False, float_format="%.6g")
 
 
-def _html_cell(c: pd.Series | None, *, higher_is_better: bool) -> str:
+def _html_cell(c: pd.Series | None) -> str:
     if c is None or not math.isfinite(c["mean"]):
         return "<td>–</td>"
     if c["source"] == "published":
@@ -84,12 +142,15 @@ def _html_cell(c: pd.Series | None, *, higher_is_better: bool) -> str:
         inner += f'<span class="ci">[{c["ci_low"]:.3f}, {c["ci_high"]:.3f}] n={int(c["n_seeds"])}</span>'
     else:
         inner += '<span class="ci">1 seed, no CI</span>'
-    if math.isfinite(c["delta"]):
-        sig = math.isfinite(c["p_value"]) and c["p_value"] < 0.05
-        good = (c["delta"] > 0) == higher_is_better
-        cls = "d" + ((" sig-pos" if good else " sig-neg") if sig else "")
-        p = f" · {_p(c['p_value'])}" if math.isfinite(c["p_value"]) else ""
-        inner += f'<span class="{cls}">Δ {c["delta"]:+.3f}{p}</span>'
+    verdict = _verdict(c)
+    if math.isfinite(c["delta"]) or verdict_word(verdict):
+        cls = "d" + {HELPS: " sig-pos", HURTS: " sig-neg"}.get(verdict, "")
+        parts = [f"Δ {c['delta']:+.3f}"] if math.isfinite(c["delta"]) else []
+        if math.isfinite(p_holm := _num(c, "p_holm")):
+            parts.append(esc(_p(p_holm, "p_Holm")))
+        if word := verdict_word(verdict):
+            parts.append(f'<b class="verdict">{esc(word)}</b>')
+        inner += f'<span class="{cls}" title="{esc(verdict)}">{" · ".join(parts)}</span>'
     return f'<td class="best">{inner}</td>' if c["best"] else f"<td>{inner}</td>"
 
 
@@ -97,7 +158,8 @@ def comparison_html(table: ComparisonTable, *, standalone: bool = True) -> str:
     """The comparison as HTML: a complete page, or a fragment for embedding in the report.
 
     Best cells are bold on a tinted background, published rows italic and grey,
-    significant deltas (p < 0.05) coloured by whether they help or hurt.
+    deltas coloured by their Holm-corrected verdict (green helps, red hurts); each
+    row header names the probed feature, and the verdict key and Holm note follow the table.
     """
     cols = table.columns
     parts = [f'<p class="caption">{esc(legend(table))}</p>']
@@ -109,17 +171,23 @@ def comparison_html(table: ComparisonTable, *, standalone: bool = True) -> str:
         for variant in table.variants:
             first = table.frame.loc[table.frame["variant"] == variant, "source"].iloc[0]
             cls = "published" if first == "published" else ("baseline" if variant == table.baseline else "")
-            cells = "".join(
-                _html_cell(table.cell(variant, t, f), higher_is_better=table.higher_is_better) for t, f in cols
-            )
-            rows.append(f'<tr class="{cls}"><td class="rowh">{esc(variant)}</td>{cells}</tr>')
+            cells = "".join(_html_cell(table.cell(variant, t, f)) for t, f in cols)
+            feature = table.row_feature(variant)
+            head = esc(variant) + (f' <span class="feat">({esc(feature)})</span>' if feature else "")
+            rows.append(f'<tr class="{cls}"><td class="rowh">{head}</td>{cells}</tr>')
         parts.append(
             '<div class="scroll"><table class="data cmp"><thead>'
             f'<tr><th class="rowh" rowspan="2">variant</th>{top}</tr><tr>{sub}</tr></thead>'
             f"<tbody>{''.join(rows)}</tbody></table></div>"
         )
-    if table.notes:
-        parts.append('<ul class="notes">' + "".join(f"<li>{esc(n)}</li>" for n in table.notes) + "</ul>")
+    holm, other = _split_notes(table)
+    if not table.frame.empty and (key := verdict_legend(table)):
+        parts.append(f'<p class="caption verdicts">{esc(key)}</p>')
+        parts += [f'<p class="caption holm">{esc(n)}</p>' for n in holm]
+    else:
+        other = list(table.notes)
+    if other:
+        parts.append('<ul class="notes">' + "".join(f"<li>{esc(n)}</li>" for n in other) + "</ul>")
     fragment = "\n".join(parts)
     if not standalone:
         return fragment

@@ -12,6 +12,7 @@ Only metrics, hyper-parameters and identifiers are shown: no report text from th
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -24,7 +25,7 @@ from analysis import figures as F
 from analysis._html import esc, fmt_num, frame_to_html, page
 from analysis._io import RunData, RunDirError, load_run, write_text
 from analysis._table_render import comparison_html, write_comparison
-from analysis.tables import ComparisonTable, comparison_table, cost_per_variant, trials_summary
+from analysis.tables import ComparisonTable, comparison_table, cost_per_variant, trials_summary, verdict_word
 
 __all__ = ["build_report", "main", "render_report"]
 
@@ -71,6 +72,24 @@ def _figure(make: Callable[[], Any], div_id: str, notes: list[str]) -> str:
         logger.warning("figure %s failed: %s", div_id, exc, exc_info=True)
         notes.append(f"figure {div_id} could not be drawn ({type(exc).__name__}: {exc}).")
         return f'<p class="note">Figure unavailable: {esc(type(exc).__name__)}.</p>'
+
+
+def tower_notes(sweep: dict[str, Any]) -> list[str]:
+    """What the table must say about the towers a run used (from ``sweep.json``)."""
+    towers = sweep.get("towers") or {}
+    notes = [f"WARNING: {w}" for w in sweep.get("warnings", [])]
+    if towers.get("text"):
+        decoders = ", ".join(towers.get("joint_report_decoder") or []) or "none"
+        notes.append(
+            f"towers: text {', '.join(towers['text'])}; joint report decoder {decoders}; "
+            f"report-generation decoder {towers.get('probe_report_decoder', 'none')}."
+        )
+    if towers.get("local_towers"):
+        notes.append(
+            "--local-towers: hub-named towers were swapped for the packaged MiniLM / tiny GPT-2; "
+            "these are NOT the paper's towers (MedCPT, DistilGPT2)."
+        )
+    return notes
 
 
 def _summary(run: RunData, trials_tbl: pd.DataFrame | None, hours: float) -> str:
@@ -123,6 +142,21 @@ def _others(run: RunData, baseline: str | None) -> str:
     return "".join(parts)
 
 
+def _verdict_summary(table: ComparisonTable) -> str:
+    """One caption counting the headline table's verdicts, e.g. "Verdicts vs 'full' …: 2 helps · 7 n.s."."""
+    if not table.baseline or table.frame.empty:
+        return ""
+    words = [verdict_word(str(v)) for v in table.frame["verdict"]]
+    counts = {w: words.count(w) for w in ("helps", "hurts", "n.s.", "untested") if words.count(w)}
+    if not counts:
+        return ""
+    text = " · ".join(f"{n} {w}" for w, n in counts.items())
+    return (
+        f'<p class="caption">Verdicts vs {esc(repr(table.baseline))} over {table.n_comparisons} Holm-corrected '
+        f"cells: {esc(text)}</p>"
+    )
+
+
 def render_report(run: RunData, table: ComparisonTable, cost: pd.DataFrame) -> str:
     """Assemble the report page for a loaded run.
 
@@ -138,7 +172,8 @@ def render_report(run: RunData, table: ComparisonTable, cost: pd.DataFrame) -> s
     trials_tbl = trials_summary(run.trials) if run.trials is not None else None
     hours = float(cost["hours_sum"].sum()) if not cost.empty else float("nan")
     body = [_summary(run, trials_tbl, hours)]
-    body.append(_section("comparison", comparison_html(table, standalone=False) + _others(run, table.baseline)))
+    headline = _verdict_summary(table) + comparison_html(table, standalone=False)
+    body.append(_section("comparison", headline + _others(run, table.baseline)))
 
     if table.frame.empty:
         abl = '<p class="note">No linear-probe results yet.</p>'
@@ -216,6 +251,7 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None) -> dict
     out = Path(out_dir) if out_dir is not None else run.run_dir
     tables_dir = out / "tables"
     table = comparison_table(run.results, baseline=run.sweep.get("baseline_variant"))
+    table = dataclasses.replace(table, notes=(*table.notes, *tower_notes(run.sweep)))
     paths = write_comparison(table, tables_dir)
     cost = cost_per_variant(run.trials, run.results)
     write_text(tables_dir / "cost.csv", cost.to_csv(index=False, float_format="%.6g"))

@@ -2,6 +2,12 @@
 
 Everything here is pure data (pandas in, dataclass/DataFrame out); rendering to
 Markdown/HTML lives in :mod:`analysis._table_render`.
+
+Each measured ablation cell of the comparison gets a plain verdict against the
+baseline: a paired t-test over pretraining seeds, Holm-corrected over every
+tested cell of the table (one metric of one evaluation), read as "helps",
+"hurts", "no detectable difference (95% CI of delta [lo, hi])" or
+"not tested (N pair(s))".
 """
 
 from __future__ import annotations
@@ -13,17 +19,19 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from analysis._stats import mean_ci, paired_test
+from analysis._stats import holm, mean_ci, paired_test
 from analysis.published import published_frame
 
 __all__ = [
     "CSV_COLUMNS",
+    "RANDOM_INIT",
     "TASK_ORDER",
     "ComparisonTable",
     "comparison_table",
     "cost_per_variant",
     "fraction_label",
     "trials_summary",
+    "verdict_word",
 ]
 
 logger = logging.getLogger(__name__)
@@ -33,6 +41,7 @@ TASK_ORDER = ("ptbxl_super", "ptbxl_sub", "ptbxl_form", "ptbxl_rhythm", "cpsc201
 #: Columns of ``tables/comparison.csv`` (in this order).
 CSV_COLUMNS = [
     "variant",
+    "feature",
     "task",
     "fraction",
     "mean",
@@ -42,11 +51,18 @@ CSV_COLUMNS = [
     "delta",
     "p_value",
     "n_pairs",
+    "delta_ci_low",
+    "delta_ci_high",
+    "p_holm",
+    "verdict",
     "best",
     "source",
 ]
 _NO_FRACTION = -1.0  # grouping key standing in for NaN fractions (zero-shot, report generation)
 STATES = ("COMPLETE", "PRUNED", "FAILED")
+#: Variant name of the untrained-encoder floor; compared against the baseline like any other row.
+RANDOM_INIT = "random_init"
+HELPS, HURTS, BASELINE = "helps", "hurts", "baseline"
 
 
 def fraction_label(fraction: float) -> str:
@@ -75,8 +91,10 @@ class ComparisonTable:
         metric: the metric compared (e.g. ``test_auroc``).
         eval: the evaluation kind (e.g. ``linear_probe``).
         baseline: the variant deltas are taken against (None: no deltas).
-        higher_is_better: direction used to mark the best cell per column.
-        notes: caveats worth showing next to the table.
+        higher_is_better: direction used to mark the best cell per column and to read verdicts.
+        notes: caveats worth showing next to the table (the Holm note among them).
+        alpha: family-wise error rate of the Holm-corrected verdicts.
+        confidence: coverage of the confidence intervals.
     """
 
     frame: pd.DataFrame
@@ -86,6 +104,20 @@ class ComparisonTable:
     baseline: str | None
     higher_is_better: bool = True
     notes: tuple[str, ...] = field(default_factory=tuple)
+    alpha: float = 0.05
+    confidence: float = 0.95
+
+    @property
+    def n_comparisons(self) -> int:
+        """Number of cells the Holm correction ran over (finite ``p_holm``)."""
+        return int(np.isfinite(self.frame["p_holm"].astype(float)).sum()) if "p_holm" in self.frame else 0
+
+    def row_feature(self, variant: str) -> str:
+        """The probed feature(s) of a row: ``"/"``-joined union of its cells' ``feature`` ("" when unknown)."""
+        if "feature" not in self.frame:
+            return ""
+        values = self.frame.loc[self.frame["variant"] == variant, "feature"].dropna()
+        return "/".join(sorted({part for v in values for part in str(v).split("/") if part}))
 
     @property
     def variants(self) -> list[str]:
@@ -140,6 +172,7 @@ def comparison_table(
     higher_is_better: bool = True,
     confidence: float = 0.95,
     include_published: bool = True,
+    alpha: float = 0.05,
 ) -> ComparisonTable:
     """Compare ablation variants on one metric of one evaluation.
 
@@ -147,6 +180,16 @@ def comparison_table(
     the mean over pretraining seeds with a Student-t interval, and the delta
     against ``baseline`` is the mean paired difference with a paired t-test over
     seeds present in both. Failed rows and non-finite values are ignored.
+
+    The p-values of every tested (variant != baseline, task, fraction) cell are
+    Holm-corrected together (``p_holm``) and each run row gets a ``verdict``:
+    ``"helps"``/``"hurts"`` when ``p_holm < alpha`` and the delta points in the
+    better/worse direction, ``"no detectable difference (95% CI of delta [lo, hi])"``
+    otherwise, ``"not tested (N pair(s))"`` with fewer than two paired seeds and
+    ``"baseline"`` for the baseline itself (``""`` for published rows and when
+    there is no baseline). The random-init floor (variant ``random_init``) is
+    compared like any other row. ``feature`` is the ``"/"``-joined sorted set of
+    non-empty ``feature`` values of the cell's rows ("" when the column is absent).
 
     Args:
         results: tidy ``results.parquet`` frame (see the run-directory contract).
@@ -156,6 +199,7 @@ def comparison_table(
         higher_is_better: marks the maximum (True) or minimum (False) per column as best.
         confidence: coverage of the confidence intervals.
         include_published: append spec section 9 rows where tasks and fractions match.
+        alpha: family-wise error rate of the Holm-corrected verdicts.
 
     Returns:
         The table; empty ``frame`` (with a note) when nothing matches.
@@ -181,19 +225,42 @@ def comparison_table(
 
     per_seed, seed_notes = _per_seed(df) if not df.empty else (df.assign(value=[]), [])
     notes.extend(seed_notes)
-    rows: list[tuple[object, ...]] = []
+    features = _cell_features(df)
+    rows: list[dict[str, object]] = []
     groups = dict(iter(per_seed.groupby(["variant", "task", "_fkey"], sort=False)))
     for (variant, task, fkey), g in sorted(groups.items(), key=lambda kv: variants.index(kv[0][0])):
         ci = mean_ci(g["value"].to_numpy(), confidence=confidence)
-        delta, p_value, n_pairs = math.nan, math.nan, 0
+        test = paired_test({}, {})
         base = groups.get((baseline, task, fkey))
         if baseline is not None and variant != baseline and base is not None:
-            delta, p_value, n_pairs = paired_test(
-                dict(zip(g["seed"], g["value"], strict=True)), dict(zip(base["seed"], base["value"], strict=True))
+            test = paired_test(
+                dict(zip(g["seed"], g["value"], strict=True)),
+                dict(zip(base["seed"], base["value"], strict=True)),
+                confidence=confidence,
             )
         frac = math.nan if fkey == _NO_FRACTION else float(fkey)
-        # same order as CSV_COLUMNS
-        rows.append((variant, task, frac, ci.mean, ci.ci_low, ci.ci_high, ci.n, delta, p_value, n_pairs, False, "run"))
+        # p_holm and verdict are filled in below, over the whole table
+        rows.append(
+            {
+                "variant": variant,
+                "feature": features.get((variant, task, fkey), ""),
+                "task": task,
+                "fraction": frac,
+                "mean": ci.mean,
+                "ci_low": ci.ci_low,
+                "ci_high": ci.ci_high,
+                "n_seeds": ci.n,
+                "delta": test.delta,
+                "p_value": test.p_value,
+                "n_pairs": test.n_pairs,
+                "delta_ci_low": test.ci_low,
+                "delta_ci_high": test.ci_high,
+                "p_holm": math.nan,
+                "verdict": "",
+                "best": False,
+                "source": "run",
+            }
+        )
     frame = pd.DataFrame(rows, columns=CSV_COLUMNS)
     if not frame.empty:
         if (frame["n_seeds"] < 2).any():
@@ -201,13 +268,77 @@ def comparison_table(
         key = frame["fraction"].fillna(_NO_FRACTION)
         best = frame.groupby([frame["task"], key])["mean"].transform("max" if higher_is_better else "min")
         frame["best"] = np.isclose(frame["mean"], best) & frame["mean"].notna()
+        if baseline is not None:
+            _add_verdicts(frame, baseline, higher_is_better=higher_is_better, alpha=alpha, confidence=confidence)
+            notes.append(_holm_note(frame, baseline, alpha=alpha))
     else:
         notes.append(f"no {eval}/{metric} results in this run.")
     if include_published and not frame.empty:
         frame = _append_published(frame, eval=eval, metric=metric, notes=notes)
     per_seed = per_seed.assign(fraction=per_seed["_fkey"].where(per_seed["_fkey"] != _NO_FRACTION))
     per_seed = per_seed[["variant", "task", "fraction", "seed", "value"]].reset_index(drop=True)
-    return ComparisonTable(frame, per_seed, metric, eval, baseline, higher_is_better, tuple(notes))
+    return ComparisonTable(
+        frame, per_seed, metric, eval, baseline, higher_is_better, tuple(notes), alpha=alpha, confidence=confidence
+    )
+
+
+def _cell_features(df: pd.DataFrame) -> dict[tuple[str, str, float], str]:
+    """``(variant, task, _fkey) -> "/".join(sorted unique non-empty feature values)``; {} without the column."""
+    if "feature" not in df.columns or df.empty:
+        return {}
+    out: dict[tuple[str, str, float], str] = {}
+    for key, values in df.groupby(["variant", "task", "_fkey"], sort=False)["feature"]:
+        names = {str(v).strip() for v in values if isinstance(v, str) or (v is not None and not pd.isna(v))}
+        out[key] = "/".join(sorted(n for n in names if n))
+    return out
+
+
+def _add_verdicts(
+    frame: pd.DataFrame, baseline: str, *, higher_is_better: bool, alpha: float, confidence: float
+) -> None:
+    """Fill ``p_holm`` (Holm over the tested non-baseline cells) and ``verdict`` of run rows, in place."""
+    tested = (frame["variant"] != baseline) & np.isfinite(frame["p_value"].astype(float))
+    frame["p_holm"] = holm(frame["p_value"].where(tested, np.nan).to_numpy(dtype=float))
+    level = f"{confidence * 100:g}%"
+    verdicts = []
+    for row in frame.itertuples(index=False):
+        if row.variant == baseline:
+            verdicts.append(BASELINE)
+        elif row.n_pairs < 2:
+            verdicts.append(f"not tested ({int(row.n_pairs)} pair(s))")
+        elif math.isfinite(row.p_holm) and row.p_holm < alpha and row.delta != 0:
+            verdicts.append(HELPS if (row.delta > 0) == higher_is_better else HURTS)
+        else:
+            verdicts.append(
+                f"no detectable difference ({level} CI of delta [{row.delta_ci_low:.3f}, {row.delta_ci_high:.3f}])"
+            )
+    frame["verdict"] = verdicts
+
+
+def _holm_note(frame: pd.DataFrame, baseline: str, *, alpha: float) -> str:
+    k = int(np.isfinite(frame["p_holm"]).sum())
+    note = (
+        f"verdicts: paired t-test over pretraining seeds per cell, p-values Holm-corrected over the {k} "
+        f"comparison{'' if k == 1 else 's'} in this table (alpha {alpha:g}); 'helps'/'hurts' = the variant is "
+        f"better/worse than the baseline {baseline}."
+    )
+    if baseline != RANDOM_INIT and (frame["variant"] == RANDOM_INIT).any():
+        note += (
+            f" The random-init floor (variant '{RANDOM_INIT}') is compared like any other row: its 'hurts' means "
+            "the untrained encoder is below the pretrained baseline."
+        )
+    return note
+
+
+def verdict_word(verdict: str) -> str:
+    """Compact form of a ``verdict`` for table cells: helps, hurts, n.s., untested ("" for baseline/published)."""
+    if verdict in (HELPS, HURTS):
+        return verdict
+    if verdict.startswith("no detectable difference"):
+        return "n.s."
+    if verdict.startswith("not tested"):
+        return "untested"
+    return ""
 
 
 def _append_published(frame: pd.DataFrame, *, eval: str, metric: str, notes: list[str]) -> pd.DataFrame:
@@ -222,6 +353,7 @@ def _append_published(frame: pd.DataFrame, *, eval: str, metric: str, notes: lis
     extra = pd.DataFrame(
         {
             "variant": pub["source"],
+            "feature": "",
             "task": pub["task"],
             "fraction": pub["fraction"],
             "mean": pub["value"],
@@ -231,6 +363,10 @@ def _append_published(frame: pd.DataFrame, *, eval: str, metric: str, notes: lis
             "delta": np.nan,
             "p_value": np.nan,
             "n_pairs": 0,
+            "delta_ci_low": np.nan,
+            "delta_ci_high": np.nan,
+            "p_holm": np.nan,
+            "verdict": "",
             "best": False,
             "source": "published",
         }

@@ -348,6 +348,8 @@ def test_report_is_self_contained(run_dir: Path, tmp_path: Path) -> None:
         assert f'<section id="{key}">' in html
     assert SECRET not in html and "/ckpt/" not in html
     assert "run-test" in html and "ablation_v1" in html and DERI in html and "Zero-shot macro AUROC" in html
+    assert re.search(r"Verdicts vs &#x27;full&#x27; over 12 Holm-corrected cells: (6|7|8|9|10|11|12) hurts\b", html)
+    assert "p_Holm=0.0" in html and "Holm-corrected over the 12 comparisons" in html
 
 
 def test_report_degrades_without_optional_files(tmp_path: Path) -> None:
@@ -403,3 +405,241 @@ def test_analysis_never_imports_orchestration() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# --- verdicts: paired t-test + Holm on constructed results ------------------------------------------------------
+
+EXPECTED_CSV_COLUMNS = [
+    "variant",
+    "feature",
+    "task",
+    "fraction",
+    "mean",
+    "ci_low",
+    "ci_high",
+    "n_seeds",
+    "delta",
+    "p_value",
+    "n_pairs",
+    "delta_ci_low",
+    "delta_ci_high",
+    "p_holm",
+    "verdict",
+    "best",
+    "source",
+]
+CELL = ("ptbxl_super", 0.1)
+BASE_VALUES = [0.80, 0.82, 0.79, 0.81, 0.83]
+SHIFTS = {
+    "full": [0.0] * 5,
+    "gain": [0.050, 0.052, 0.048, 0.051, 0.049],  # clear gain
+    "loss": [-0.040, -0.042, -0.039, -0.041, -0.040],  # clear loss
+    "overlap": [0.020, -0.030, 0.010, -0.015, 0.005],  # CI of delta straddles 0
+    "random_init": [-0.200, -0.210, -0.190, -0.205, -0.195],  # the untrained-encoder floor
+}
+OVERLAP_DIFFS = np.array(SHIFTS["overlap"])
+
+
+def tidy_results(
+    values: dict[tuple[str, str, float], list[float | None]], *, features: dict[str, object] | None = None
+) -> pd.DataFrame:
+    """A hand-built tidy results frame: one row per (variant, task, fraction, seed, probe seed).
+
+    ``values[(variant, task, fraction)][seed]`` is the value (None: that seed is missing); with
+    ``features``, the rows of a variant get ``features[variant]`` as their ``feature`` (a list gives
+    one value per probe seed, so a cell can mix representations).
+    """
+    rows = []
+    for (variant, task, frac), vals in values.items():
+        for seed, value in enumerate(vals):
+            if value is None:
+                continue
+            for probe_seed in (0, 1):
+                row = dict(
+                    trial_id=f"{variant}-s{seed}",
+                    variant=variant,
+                    seed=seed,
+                    task=task,
+                    eval="linear_probe",
+                    fraction=frac,
+                    probe_seed=probe_seed,
+                    metric="test_auroc",
+                    value=value,
+                    status="ok",
+                )
+                if features is not None:
+                    feat = features.get(variant)
+                    row["feature"] = feat[probe_seed] if isinstance(feat, list) else feat
+                rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def verdict_values(*, single: bool = True) -> dict[tuple[str, str, float], list[float | None]]:
+    values: dict[tuple[str, str, float], list[float | None]] = {
+        (v, *CELL): [b + d for b, d in zip(BASE_VALUES, shift, strict=True)] for v, shift in SHIFTS.items()
+    }
+    if single:
+        values[("single", *CELL)] = [0.9, None, None, None, None]  # one pretraining seed: nothing to test
+    return values
+
+
+def hand_holm(p: list[float]) -> list[float]:
+    """Holm step-down by hand: sort ascending, scale the i-th (0-based) by m - i, running max, cap at 1."""
+    m = len(p)
+    order = sorted(range(m), key=lambda i: p[i])
+    out, running = [0.0] * m, 0.0
+    for rank, i in enumerate(order):
+        running = max(running, (m - rank) * p[i])
+        out[i] = min(1.0, running)
+    return out
+
+
+@pytest.fixture(scope="module")
+def verdict_table():
+    return comparison_table(tidy_results(verdict_values()), baseline="full")
+
+
+def test_holm_matches_hand_computation() -> None:
+    from analysis._stats import holm
+
+    got = holm([0.01, 0.04, 0.03, np.nan, 0.005])  # m = 4: the NaN does not count
+    # sorted: 0.005*4 = 0.02, 0.01*3 = 0.03, 0.03*2 = 0.06, 0.04*1 = 0.04 -> running max 0.06
+    assert got[[0, 1, 2, 4]] == pytest.approx([0.03, 0.06, 0.06, 0.02]) and math.isnan(got[3])
+    assert holm([0.6, 0.7]).tolist() == [1.0, 1.0]  # capped at 1
+    ps = [0.2, 0.001, 0.04, 0.03, 0.5, 0.011]
+    adj = holm(ps)
+    assert adj == pytest.approx(hand_holm(ps))
+    order = np.argsort(ps)
+    assert np.all(np.diff(adj[order]) >= 0) and np.all(adj >= np.array(ps))  # monotone, never below raw
+    assert holm([]).size == 0 and np.isnan(holm([np.nan, np.nan])).all()
+    assert holm([0.02]).tolist() == [0.02]
+
+
+def test_paired_test_confidence_interval() -> None:
+    from analysis._stats import paired_test
+
+    base = dict(enumerate(BASE_VALUES))
+    var = {s: v + d for s, (v, d) in enumerate(zip(BASE_VALUES, OVERLAP_DIFFS, strict=True))}
+    res = paired_test(var, base)
+    diffs = np.array([var[s] - base[s] for s in range(5)])
+    lo, hi = stats.t.interval(0.95, 4, loc=diffs.mean(), scale=stats.sem(diffs))
+    assert (res.ci_low, res.ci_high) == pytest.approx((lo, hi), abs=1e-12) and res.n_pairs == 5
+    lo90, hi90 = stats.t.interval(0.9, 4, loc=diffs.mean(), scale=stats.sem(diffs))
+    assert paired_test(var, base, confidence=0.9)[3:] == pytest.approx((lo90, hi90), abs=1e-12)
+    shifted = paired_test({s: v + 0.25 for s, v in base.items()}, base)  # every difference equal
+    assert shifted.ci_low == shifted.ci_high == shifted.delta and shifted.delta == pytest.approx(0.25)
+    one = paired_test({0: 0.9}, base)
+    assert one.n_pairs == 1 and math.isnan(one.ci_low) and math.isnan(one.ci_high) and math.isnan(one.p_value)
+    none = paired_test({7: 0.9}, base)
+    assert none.n_pairs == 0 and math.isnan(none.delta) and math.isnan(none.ci_low)
+
+
+def test_verdicts_helps_hurts_and_overlap(verdict_table) -> None:
+    t = verdict_table
+    gain, loss, overlap = (t.cell(v, *CELL) for v in ("gain", "loss", "overlap"))
+    assert gain["verdict"] == "helps" and gain["p_holm"] < 0.05 and gain["delta"] > 0
+    assert loss["verdict"] == "hurts" and loss["p_holm"] < 0.05 and loss["delta"] < 0
+    assert t.cell("random_init", *CELL)["verdict"] == "hurts"
+    lo, hi = stats.t.interval(0.95, 4, loc=OVERLAP_DIFFS.mean(), scale=stats.sem(OVERLAP_DIFFS))
+    assert (overlap["delta_ci_low"], overlap["delta_ci_high"]) == pytest.approx((lo, hi), abs=1e-9)
+    assert overlap["delta_ci_low"] < 0 < overlap["delta_ci_high"] and overlap["p_holm"] >= 0.05
+    assert overlap["verdict"] == f"no detectable difference (95% CI of delta [{lo:.3f}, {hi:.3f}])"
+    for v in ("gain", "loss"):  # the delta's interval is the scipy t-interval of the paired differences
+        d = np.array(SHIFTS[v])
+        assert t.cell(v, *CELL)["delta_ci_low"] == pytest.approx(
+            stats.t.interval(0.95, 4, loc=d.mean(), scale=stats.sem(d))[0], abs=1e-9
+        )
+    assert t.cell("full", *CELL)["verdict"] == "baseline" and math.isnan(t.cell("full", *CELL)["p_holm"])
+    pub = t.frame[t.frame["source"] == "published"]
+    assert not pub.empty and pub["verdict"].eq("").all() and pub["p_holm"].isna().all()
+
+
+def test_holm_over_the_table_matches_hand_computation(verdict_table) -> None:
+    t = verdict_table
+    tested = ["gain", "loss", "overlap", "random_init"]  # K = 4; the single-seed cell is not a comparison
+    raw = []
+    for v in tested:
+        vals = np.array(BASE_VALUES) + np.array(SHIFTS[v])
+        raw.append(float(stats.ttest_rel(vals, np.array(BASE_VALUES)).pvalue))
+    assert [t.cell(v, *CELL)["p_value"] for v in tested] == pytest.approx(raw, rel=1e-9)
+    assert [t.cell(v, *CELL)["p_holm"] for v in tested] == pytest.approx(hand_holm(raw), rel=1e-9)
+    assert t.n_comparisons == 4
+    note = next(n for n in t.notes if n.startswith("verdicts:"))
+    assert note.startswith(
+        "verdicts: paired t-test over pretraining seeds per cell, p-values Holm-corrected over the 4 comparisons "
+        "in this table (alpha 0.05); 'helps'/'hurts' = the variant is better/worse than the baseline full."
+    )
+    assert "random_init" in note and "untrained encoder is below the pretrained baseline" in note
+
+
+def test_holm_spans_every_cell_of_the_table() -> None:
+    values = {}
+    for task, frac in (("ptbxl_super", 0.01), ("ptbxl_super", 1.0), ("cpsc2018", 0.1)):
+        for v in ("full", "gain", "overlap"):
+            values[(v, task, frac)] = [b + d for b, d in zip(BASE_VALUES, SHIFTS[v], strict=True)]
+    t = comparison_table(tidy_results(values), baseline="full", include_published=False)
+    run = t.frame[t.frame["variant"] != "full"]
+    assert len(run) == 6 and t.n_comparisons == 6
+    assert run["p_holm"].to_numpy() == pytest.approx(hand_holm(run["p_value"].tolist()), rel=1e-9)
+    assert "over the 6 comparisons" in next(n for n in t.notes if n.startswith("verdicts:"))
+    assert not any("random_init" in n for n in t.notes)
+    strict = comparison_table(tidy_results(values), baseline="full", alpha=1e-12, include_published=False)
+    assert strict.cell("gain", "cpsc2018", 0.1)["verdict"].startswith("no detectable difference")
+    assert any("(alpha 1e-12)" in n for n in strict.notes)
+
+
+def test_verdict_direction_follows_higher_is_better() -> None:
+    t = comparison_table(tidy_results(verdict_values()), baseline="full", higher_is_better=False)
+    assert t.cell("gain", *CELL)["verdict"] == "hurts" and t.cell("loss", *CELL)["verdict"] == "helps"
+
+
+def test_single_seed_cells_are_not_tested(verdict_table) -> None:
+    single = verdict_table.cell("single", *CELL)
+    assert single["verdict"] == "not tested (1 pair(s))" and single["n_pairs"] == 1
+    assert math.isnan(single["p_holm"]) and math.isnan(single["delta_ci_low"])
+    values = verdict_values(single=False)
+    values[("gain", "cpsc2018", 0.1)] = [0.9, 0.91, 0.92, 0.93, 0.94]  # the baseline has no such cell
+    t = comparison_table(tidy_results(values), baseline="full")
+    assert t.cell("gain", "cpsc2018", 0.1)["verdict"] == "not tested (0 pair(s))"
+    no_base = comparison_table(tidy_results(verdict_values()), baseline="nope")
+    assert no_base.frame["verdict"].eq("").all() and no_base.frame["p_holm"].isna().all()
+    assert not any(n.startswith("verdicts:") for n in no_base.notes)
+
+
+def test_feature_column(verdict_table) -> None:
+    features = {"full": "m_e", "gain": "z_e", "loss": ["m_e", "z_e"], "overlap": None, "random_init": ""}
+    t = comparison_table(tidy_results(verdict_values(), features=features), baseline="full")
+    got = {v: t.cell(v, *CELL)["feature"] for v in [*SHIFTS, "single"]}
+    assert got == {"full": "m_e", "gain": "z_e", "loss": "m_e/z_e", "overlap": "", "random_init": "", "single": ""}
+    assert t.row_feature("loss") == "m_e/z_e" and t.row_feature("overlap") == ""
+    assert verdict_table.frame["feature"].eq("").all()  # no feature column at all
+    md = comparison_markdown(t)
+    assert "| full (m_e) (baseline) |" in md and "| gain (z_e) |" in md and "| loss (m_e/z_e) |" in md
+    assert "| overlap |" in md
+    assert 'gain <span class="feat">(z_e)</span>' in comparison_html(t)
+
+
+def test_rendered_verdicts_and_holm_note(verdict_table, tmp_path: Path) -> None:
+    md = comparison_markdown(verdict_table)
+    row = {line.split(" | ")[0].strip("| "): line for line in md.splitlines() if line.startswith("| ")}
+    assert row["gain"].endswith("helps |") and "p_Holm" in row["gain"] and "Δ+0.050" in row["gain"]
+    assert row["loss"].endswith("hurts |") and row["overlap"].endswith("n.s. |")
+    assert row["single"].endswith("untested |") and row["random_init"].endswith("hurts |")
+    assert "helps" not in row["full (baseline)"] and "Δ" not in row["full (baseline)"]
+    assert "Verdict vs baseline 'full': helps = better than the baseline (p_Holm < 0.05)" in md
+    assert "p-values Holm-corrected over the 4 comparisons in this table (alpha 0.05)" in md
+    assert md.count("Holm-corrected over the 4 comparisons") == 1  # under the table, not repeated in Notes
+    assert md.index("| single |") < md.index("Verdict vs baseline") < md.index("over the 4 comparisons in this table")
+    html = comparison_html(verdict_table)
+    assert '<span class="d sig-pos"' in html and '<span class="d sig-neg"' in html
+    assert '<b class="verdict">n.s.</b>' in html and "Holm-corrected over the 4 comparisons" in html
+    paths = write_comparison(verdict_table, tmp_path)
+    csv = pd.read_csv(paths["comparison_csv"], keep_default_na=False, na_values=[""])
+    assert list(csv.columns) == EXPECTED_CSV_COLUMNS
+    gain = csv[csv["variant"] == "gain"].iloc[0]
+    assert gain["verdict"] == "helps" and gain["p_holm"] == pytest.approx(verdict_table.cell("gain", *CELL)["p_holm"])
+    assert csv.loc[csv["variant"] == "overlap", "verdict"].iloc[0].startswith("no detectable difference (95% CI")
+
+
+def test_csv_contract() -> None:
+    assert CSV_COLUMNS == EXPECTED_CSV_COLUMNS
