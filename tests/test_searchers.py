@@ -7,7 +7,7 @@ import math
 import optuna
 import pytest
 from optuna.trial import TrialState
-from ray.tune.schedulers import TrialScheduler
+from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
 from deri_sweep.orchestration.searchers import (
     BudgetSearcher,
@@ -27,13 +27,13 @@ class _Trial:
 
 
 def test_asha_stopped_trial_is_pruned_in_optuna_with_its_intermediate_values(tmp_path):
-    run = "run-pruned"
+    run, record = "run-pruned", tmp_path / "stopped.txt"
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     searcher = PruningOptunaSearch(
-        run, "val_total", pretrain_seed=7, space=define_by_run({"model.loss.w_mix": ParamSpec("float", 0.1, 2.0)}),
+        record, "val_total", pretrain_seed=7, space=define_by_run({"model.loss.w_mix": ParamSpec("float", 0.1, 2.0)}),
         metric="objective", mode="max", study_name=run, storage=optuna.storages.RDBStorage(storage),
     )  # fmt: skip
-    asha = StopRecordingASHA(run, record=tmp_path / "stopped.txt", time_attr="epoch", metric="val_total",
+    asha = StopRecordingASHA(record, time_attr="epoch", metric="val_total",
                              mode="min", max_t=5, grace_period=1, reduction_factor=2)  # fmt: skip
     good, bad = _Trial("good"), _Trial("bad")
     for trial in (good, bad):
@@ -43,10 +43,11 @@ def test_asha_stopped_trial_is_pruned_in_optuna_with_its_intermediate_values(tmp
     # the good trial reaches the first rung with a low loss; the bad one arrives worse and is stopped there
     assert asha.on_trial_result(None, good, {"epoch": 1.0, "val_total": 10.0}) == TrialScheduler.CONTINUE
     searcher.on_trial_result("good", {"val_total": 10.0, "training_iteration": 1})
-    searcher.on_trial_result("bad", {"val_total": 30.0, "training_iteration": 1})
-    assert asha.on_trial_result(None, bad, {"epoch": 1.0, "val_total": 30.0}) == TrialScheduler.STOP
-    assert stopped_trials(run) == {"bad"} and (tmp_path / "stopped.txt").read_text().split() == ["bad"]
-    searcher.on_trial_complete("bad", result={"val_total": 30.0, "epoch": 1.0})  # what Ray passes after a stop
+    stop = {"epoch": 1.0, "val_total": 30.0, "training_iteration": 1}
+    assert asha.on_trial_result(None, bad, stop) == TrialScheduler.STOP
+    assert stopped_trials(record) == {"bad"} and record.read_text().split() == ["bad"]
+    # as Tune does: a result the scheduler stopped on goes to on_trial_complete only, never to on_trial_result
+    searcher.on_trial_complete("bad", result=stop)
     searcher.on_trial_result("good", {"val_total": 8.0, "training_iteration": 2})
     searcher.on_trial_complete("good", result={"objective": 0.81, "val_total": 8.0})
     study = optuna.load_study(study_name=run, storage=storage)
@@ -68,13 +69,23 @@ def test_plain_ray_optuna_search_would_call_it_complete(tmp_path):
     assert search._ot_study.trials[0].state == TrialState.COMPLETE
 
 
-def test_finished_pretraining_is_not_recorded_as_pruned(tmp_path):
-    asha = StopRecordingASHA("run-done", time_attr="epoch", metric="val_total", mode="min", max_t=4,
-                             grace_period=1, reduction_factor=2)  # fmt: skip
-    trial = _Trial("t")
-    asha.on_trial_add(None, trial)
-    assert asha.on_trial_result(None, trial, {"epoch": 4.0, "val_total": 1.0}) == TrialScheduler.STOP
-    assert "t" not in stopped_trials("run-done")
+def test_a_trial_at_its_last_epoch_is_never_stopped_even_on_a_rung(tmp_path):
+    """4 epochs, grace 1, factor 2: epoch 4 is a rung. Plain ASHA stops the worse trial there, before its probes."""
+    record = tmp_path / "stopped.txt"
+    kwargs = {"time_attr": "epoch", "metric": "val_total", "mode": "min", "max_t": 5, "grace_period": 1,
+              "reduction_factor": 2}  # fmt: skip
+    plain, ours = ASHAScheduler(**kwargs), StopRecordingASHA(record, **kwargs)
+    for scheduler in (plain, ours):
+        good, bad = _Trial("good"), _Trial("bad")
+        scheduler.on_trial_add(None, good)
+        scheduler.on_trial_add(None, bad)
+        for epoch in (1.0, 2.0, 3.0):
+            for trial, loss in ((good, 1.0), (bad, 1.0)):
+                assert scheduler.on_trial_result(None, trial, {"epoch": epoch, "val_total": loss}) != "STOP"
+        assert scheduler.on_trial_result(None, good, {"epoch": 4.0, "val_total": 1.0}) == TrialScheduler.CONTINUE
+        decision = scheduler.on_trial_result(None, bad, {"epoch": 4.0, "val_total": 30.0})
+        assert decision == (TrialScheduler.STOP if scheduler is plain else TrialScheduler.CONTINUE)
+    assert stopped_trials(record) == set() and not record.exists()
 
 
 def test_plan_searcher_hands_out_each_config_once_and_survives_a_restore(tmp_path):
@@ -113,17 +124,18 @@ def test_optuna_searcher_survives_save_and_restore_mid_trial(tmp_path):
 
     def searcher() -> PruningOptunaSearch:
         return PruningOptunaSearch(
-            run, "val_total", space=define_by_run(space), metric="objective", mode="max", study_name=run,
-            storage=optuna.storages.RDBStorage(storage),
+            tmp_path / "stopped.txt", "val_total", space=define_by_run(space), metric="objective", mode="max",
+            study_name=run, storage=optuna.storages.RDBStorage(storage),
         )  # fmt: skip
 
     before = searcher()
     config = before.suggest("t1")
-    before.on_trial_result("t1", {"val_total": 5.0, "training_iteration": 1})
+    before.on_trial_result("t1", {"val_total": 5.0, "epoch": 1.0, "training_iteration": 1})
     before.save(str(tmp_path / "searcher.pkl"))  # the driver dies here
     after = searcher()
     after.restore(str(tmp_path / "searcher.pkl"))
-    after.on_trial_result("t1", {"val_total": 4.0, "training_iteration": 2})
+    # the restarted trial continues at epoch 2 from its checkpoint, but Tune counts its iterations from 1 again
+    after.on_trial_result("t1", {"val_total": 4.0, "epoch": 2.0, "training_iteration": 1})
     after.on_trial_complete("t1", result={"objective": 0.7, "val_total": 4.0})
     trials = optuna.load_study(study_name=run, storage=storage).trials
     assert len(trials) == 1 and trials[0].state == TrialState.COMPLETE and trials[0].value == pytest.approx(0.7)

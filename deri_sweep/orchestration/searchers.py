@@ -7,7 +7,9 @@
   stopped trials: Ray tells Optuna that a trial ASHA stopped is COMPLETE with
   its truncated value, which misleads TPE; here such trials reach Optuna as
   PRUNED, with their intermediate values.
-- :class:`StopRecordingASHA` is ASHA that records which trials it stopped.
+- :class:`StopRecordingASHA` is ASHA that records which trials it stopped (in a
+  file of the run directory, which the searcher reads: it survives ``--resume``)
+  and never stops a trial at its last epoch (a finished pretraining is probed).
 - :class:`BudgetSearcher` stops suggesting new trials once the compute-hour
   budget is spent (running trials finish).
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import pickle
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -28,33 +31,41 @@ from deri_sweep.results import FINAL_REPORT_KEY
 
 log = logging.getLogger(__name__)
 
-#: run id -> trial ids stopped early by the scheduler (shared in the driver process)
-_STOPPED: dict[str, set[str]] = {}
-
-
-def stopped_trials(run_id: str) -> set[str]:
-    """Trial ids the scheduler stopped early in run ``run_id``."""
-    return _STOPPED.setdefault(run_id, set())
+def stopped_trials(record: str | Path) -> set[str]:
+    """Trial ids the scheduler stopped early, read from its record file (empty when absent)."""
+    path = Path(record)
+    return set(path.read_text().split()) if path.exists() else set()
 
 
 class StopRecordingASHA(ASHAScheduler):
-    """ASHA that records the trials it stops (so the searcher can report them as pruned)."""
+    """ASHA that records the trials it stops, and lets a trial's last epoch through.
 
-    def __init__(self, run_id: str, record: Path | None = None, **kwargs: Any) -> None:
+    ``max_t`` is one past the last epoch (the sweep sets it so). When the epoch count
+    falls on a rung, plain ASHA could stop a trial at its last epoch: Tune would kill
+    its driver before the probes ran, and the trial would be neither pruned nor
+    finished. Here a trial that reached its last epoch always continues.
+
+    Args:
+        record: file the stopped trial ids are appended to (one per line); the
+            searcher reads it, so the record survives a driver restart.
+        **kwargs: passed to ``ASHAScheduler`` (time_attr, metric, mode, max_t, ...).
+    """
+
+    def __init__(self, record: str | Path, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.run_id = run_id
-        self.record = record
+        self.record = Path(record)
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
-        """Let ASHA decide; remember a STOP."""
+        """Let ASHA decide; a STOP before the last epoch is recorded, one at the last epoch is overruled."""
         decision = super().on_trial_result(tune_controller, trial, result)
         finished = FINAL_REPORT_KEY in result or result.get(self._time_attr, 0) >= self._max_t - 1
-        if decision == TrialScheduler.STOP and not finished:
-            stopped_trials(self.run_id).add(trial.trial_id)
-            if self.record is not None:
-                with open(self.record, "a") as fh:
-                    fh.write(f"{trial.trial_id}\n")
-            log.info("ASHA stopped trial %s at epoch %s", trial.trial_id, result.get("epoch"))
+        if decision != TrialScheduler.STOP:
+            return decision
+        if finished:
+            return TrialScheduler.CONTINUE  # pretraining is done: its probes and final report come next
+        with open(self.record, "a") as fh:
+            fh.write(f"{trial.trial_id}\n")
+        log.info("ASHA stopped trial %s at epoch %s", trial.trial_id, result.get("epoch"))
         return decision
 
 
@@ -99,16 +110,18 @@ class PruningOptunaSearch(OptunaSearch):
     """OptunaSearch whose early-stopped trials reach Optuna as PRUNED.
 
     Args:
-        run_id: the sweep's run id (looks up :func:`stopped_trials`).
+        stopped_record: the scheduler's record of stopped trials (see :class:`StopRecordingASHA`).
         intermediate_metric: the per-epoch metric reported to Optuna as
             intermediate values (the pretraining validation loss).
         pretrain_seed: the pretraining seed of every trial (replicate a found config with a grid).
         **kwargs: passed to ``OptunaSearch`` (space, metric, mode, sampler, study_name, storage).
     """
 
-    def __init__(self, run_id: str, intermediate_metric: str, pretrain_seed: int = 42, **kwargs: Any) -> None:
+    def __init__(
+        self, stopped_record: str | Path, intermediate_metric: str, pretrain_seed: int = 42, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
-        self.run_id = run_id
+        self.stopped_record = Path(stopped_record)
         self.intermediate_metric = intermediate_metric
         self.pretrain_seed = pretrain_seed
 
@@ -122,17 +135,29 @@ class PruningOptunaSearch(OptunaSearch):
         return {"variant": "optuna", "overrides": dict(flat), "seed": self.pretrain_seed, "optuna_number": number}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        """Report the pretraining metric at each training iteration as an intermediate value."""
+        """Report the pretraining metric at each epoch as an intermediate value (step = epoch)."""
         value = result.get(self.intermediate_metric)
         if value is None or trial_id in self._completed_trials or not math.isfinite(value):
             return
-        self._ot_trials[trial_id].report(float(value), int(result.get("training_iteration", 0)))
+        if FINAL_REPORT_KEY in result:
+            return  # the final report repeats the last epoch's metric next to the objective
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*is already reported")
+            # the epoch, not Tune's training_iteration: a trial resumed after a driver restart counts again from 1
+            step = int(round(float(result.get("epoch", result.get("training_iteration", 0)))))
+            self._ot_trials[trial_id].report(float(value), step)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        """PRUNED for a trial the scheduler stopped, FAIL for an error, else COMPLETE with the objective."""
-        if trial_id in stopped_trials(self.run_id) and trial_id not in self._completed_trials and not error:
+        """PRUNED for a trial the scheduler stopped, FAIL for an error, else COMPLETE with the objective.
+
+        Tune does not pass the result that made the scheduler stop a trial to ``on_trial_result``
+        (only to this method), so that last intermediate value is reported here before the
+        trial is told PRUNED (Optuna ignores a step reported twice).
+        """
+        if trial_id in stopped_trials(self.stopped_record) and trial_id not in self._completed_trials and not error:
             from optuna.trial import TrialState
 
+            self.on_trial_result(trial_id, result or {})
             self._ot_study.tell(self._ot_trials[trial_id], state=TrialState.PRUNED)
             self._completed_trials.add(trial_id)
             return
