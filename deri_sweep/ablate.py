@@ -21,7 +21,9 @@ import sys
 import time
 from pathlib import Path
 
-from deri_sweep.config import ConfigError, parse_override
+from deri_sweep.config import ConfigError, from_dict, parse_override, to_dict
+from deri_sweep.orchestration.spaces import SearchSpace, WorkspaceSpec, load_space
+from deri_sweep.results import sweep_timing
 
 log = logging.getLogger("deri_sweep.ablate")
 
@@ -43,7 +45,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--caches", nargs="+", default=[], metavar="NAME=DIR",
                    help="prepared caches: mimic= (pretraining) and probe datasets ptbxl=, cpsc2018=, csn=")  # fmt: skip
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a base config value of every trial, e.g. --set optim.epochs=5")  # fmt: skip
+                   help="override a base config value of every trial (--set optim.epochs=5), or a field of the "
+                        "space's trial/probes/scheduler/workspace sections (--set trial.workers=1)")  # fmt: skip
+    p.add_argument("--seeds", nargs="+", type=int, metavar="SEED",
+                   help="pretraining seeds of every configuration, instead of the space's (e.g. --seeds 42 for "
+                        "a quick look; confidence intervals need at least two)")  # fmt: skip
     p.add_argument("--storage", help="where Ray keeps checkpoints: a folder or s3:// / gs:// URI (default: --out)")
     p.add_argument(
         "--optuna-storage", help="Optuna RDB URL, e.g. postgresql://u:p@host/db (default: SQLite file in --out)"
@@ -53,6 +59,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, help="max concurrent trials (default: what the cluster fits)")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a new local Ray)")
     p.add_argument("--no-report", action="store_true", help="skip building tables/ and report.html")
+    p.add_argument("--dry-run", action="store_true",
+                   help="resolve and check every trial (config, towers, probe feature, resources), print the plan "
+                        "and exit: no Ray, no data written, seconds")  # fmt: skip
+    p.add_argument("--json", action="store_true", help="with --dry-run: print the plan as one JSON document")
+    p.add_argument("--check-towers", action="store_true",
+                   help="with --dry-run: also load every named text tower and report decoder offline; exit 1 "
+                        "naming any that cannot load and how to pre-fetch it")  # fmt: skip
+    p.add_argument("--local-towers", action="store_true",
+                   help="swap hub-named towers for ones the package ships (text: embedded MiniLM; report "
+                        "decoder: tiny GPT-2), to try a cluster space offline; recorded in sweep.json")  # fmt: skip
     p.add_argument(
         "--min-free-gb",
         type=float,
@@ -62,46 +78,143 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _set_overrides(pairs: list[str]) -> dict[str, object]:
-    """``--set KEY=VALUE`` pairs as ``{dotted key: value}``, each value read as YAML (see ``parse_override``)."""
-    return {".".join(keys): value for keys, value in map(parse_override, pairs)}
+#: ``--set`` keys starting with one of these change the space itself, not the trials' base config
+SPACE_SECTIONS = ("trial", "probes", "scheduler", "workspace")
 
 
-def _caches(args: argparse.Namespace) -> dict[str, Path]:
+def _apply_set(space: SearchSpace, pairs: list[str]) -> SearchSpace:
+    """Apply ``--set KEY=VALUE`` pairs (values read as YAML, see ``parse_override``).
+
+    ``trial.*``, ``probes.*``, ``scheduler.*`` and ``workspace.*`` set fields of the space
+    (e.g. ``--set trial.workers=1``); every other key overrides the base config of every
+    trial (e.g. ``--set optim.epochs=5``).
+
+    Raises:
+        ConfigError: a bad pair, an unknown key or a wrong type, naming the ``--set``.
+    """
+    data = to_dict(space)
+    for pair in pairs:
+        keys, value = parse_override(pair)
+        if keys[0] not in SPACE_SECTIONS:
+            data["base"][".".join(keys)] = value
+        else:
+            node = data
+            for key in keys[:-1]:
+                if not isinstance(node.get(key), dict):
+                    raise ConfigError(f"--set {pair}: {'.'.join(keys[:-1])} is not a section of the space")
+                node = node[key]
+            node[keys[-1]] = value
+        try:
+            checked = from_dict(SearchSpace, data)
+        except ConfigError as exc:
+            raise ConfigError(f"--set {pair}: {exc}") from exc
+        checked.train_config({}, space.seeds[0])  # its errors already name the --set
+    return from_dict(SearchSpace, data)
+
+
+def _caches(args: argparse.Namespace, workspace: WorkspaceSpec, *, build: bool = True) -> dict[str, Path]:
+    """The caches of the run: ``--caches``, else the embedded default's (built when ``build``)."""
     if args.caches:
         pairs = [c.partition("=") for c in args.caches]
         bad = [c for c, sep, _ in pairs if not sep]
         if bad:
             raise ConfigError(f"--caches {bad[0]!r}: expected NAME=DIR, e.g. mimic=/data/caches/mimic")
         return {name: Path(path).resolve() for name, _, path in pairs}
-    from deri_sweep.data.workspace import ensure_caches, ensure_synthetic
+    from deri_sweep.data.signal import SignalOptions
+    from deri_sweep.data.workspace import DATASETS, ensure_caches, ensure_synthetic
 
+    root = args.data_dir / workspace.folder
+    if not build:
+        return {name: (root / name).resolve() for name in DATASETS}
     synth = ensure_synthetic(args.data_dir / "synthetic")
-    return {k: v.resolve() for k, v in ensure_caches(synth, args.data_dir / "caches").items()}
+    signal = SignalOptions(workspace.fs, workspace.length, workspace.length)
+    return {k: v.resolve() for k, v in ensure_caches(synth, root, signal=signal).items()}
+
+
+def _load(args: argparse.Namespace) -> SearchSpace:
+    """The space with ``--set`` applied to its base and, with ``--local-towers``, its towers swapped."""
+    space = load_space(args.space)
+    if args.overrides:
+        space = _apply_set(space, args.overrides)
+    if args.seeds:
+        space.seeds = list(dict.fromkeys(args.seeds))
+    if args.local_towers:
+        space = space.with_local_towers()
+    space.validate()
+    return space
+
+
+def dry_run(args: argparse.Namespace) -> int:
+    """``--dry-run``: print (or ``--json``) every resolved trial; check towers with ``--check-towers``."""
+    from deri_sweep.orchestration.dry_run import check_towers, describe, plan_json, resolve_plan
+
+    try:
+        space = _load(args)
+        records = resolve_plan(space, _caches(args, space.workspace, build=False))
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(plan_json(space, records), indent=2, default=str))
+    else:
+        print(describe(space, records))
+    if args.check_towers:
+        errors = check_towers(space, records)
+        for line in errors:
+            print(f"error: {line}", file=sys.stderr)
+        if errors:
+            return 1
+        print("towers: every named text tower and report decoder loads offline", file=sys.stderr)
+    return 0
+
+
+def _towers(space: SearchSpace, records: list, local: bool) -> dict[str, object]:
+    """What ``sweep.json`` says about the towers the trials use."""
+    decoders = {r.config.model.report_decoder.name for r in records if r.config.model.loss.w_cap > 0}
+    return {
+        "text": sorted({r.config.model.text.name for r in records}),
+        "joint_report_decoder": sorted(decoders),
+        "probe_report_decoder": space.probes.report_decoder if space.probes.report_generation else "none",
+        "local_towers": local,
+    }
+
+
+def _cluster_warnings(space: SearchSpace, records: list) -> list[str]:
+    """The laptop text tower on a cluster that has GPUs is worth shouting about."""
+    import ray
+
+    gpus = ray.cluster_resources().get("GPU", 0.0)
+    embedded = [r for r in records if r.config.model.text.name == "embedded"]
+    if gpus > 0 and embedded and space.trial.gpus_per_worker == 0:
+        return [f"this cluster has {gpus:g} GPUs but the trials train on CPU with the laptop text tower 'embedded'"]
+    return []
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the sweep; returns the exit status."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.json or args.check_towers:
+        args.dry_run = True
+    if args.dry_run:
+        return dry_run(args)
     from deri_sweep.data.cache import CacheError
     from deri_sweep.data.readers import DatasetError
     from deri_sweep.io_utils import StorageError, check_writable
-    from deri_sweep.orchestration.spaces import load_space
+    from deri_sweep.orchestration.dry_run import resolve_plan, tower_warnings
 
+    started = time.perf_counter()
     try:
-        space = load_space(args.space)
-        if args.overrides:
-            space.base.update(_set_overrides(args.overrides))
-            space.validate()
+        space = _load(args)
         run_dir = (args.out or Path("runs") / f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
         if args.resume and not (run_dir / "sweep.json").exists():
             raise ConfigError(f"--resume: {run_dir} holds no sweep (no sweep.json); pass the --out of the sweep")
-        caches = _caches(args)
+        caches = _caches(args, space.workspace)
         if "mimic" not in caches:
             raise ConfigError("--caches needs mimic=DIR (the pretraining cache)")
         space.base["data.cache"] = str(caches["mimic"])
         space.validate()
+        records = resolve_plan(space, caches)
         hint = " (--min-free-gb lowers this check)"
         check_writable(run_dir, what="run directory", min_free_gb=args.min_free_gb, hint=hint)
         if args.storage and "://" not in args.storage:
@@ -113,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     from deri_sweep.checkpoint import git_commit
     from deri_sweep.io_utils import atomic_write_text
     from deri_sweep.orchestration.runtime import init_ray
-    from deri_sweep.orchestration.sweep import run_sweep
+    from deri_sweep.orchestration.sweep import prebuild_text_features, run_sweep
     from deri_sweep.orchestration.wrapup import finish_run
 
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -122,21 +235,42 @@ def main(argv: list[str] | None = None) -> int:
         "run_id": run_dir.name, "space": space.name, "baseline_variant": space.baseline, "metric": space.metric,
         "mode": space.mode, "objective": space.objective, "search": space.search, "git_commit": git_commit(),
         "created": time.strftime("%Y-%m-%d %H:%M:%S"), "caches": {k: str(v) for k, v in caches.items()},
+        "towers": _towers(space, records, args.local_towers),
     }  # fmt: skip
     atomic_write_text(meta_file, json.dumps(meta, indent=2))
+    timing = {"data_s": time.perf_counter() - started}
+    mark = time.perf_counter()
     init_ray(args.address)
+    timing["ray_start_s"] = time.perf_counter() - mark
+    warnings = _cluster_warnings(space, records) or tower_warnings(space, records)
+    for line in warnings:
+        log.warning(line)
     optuna_url = args.optuna_storage or f"sqlite:///{run_dir / 'optuna.db'}"
+    timing["text_features_s"] = prebuild_text_features(space)  # once for all trials (run_sweep would too)
+    mark = time.perf_counter()
     grid = run_sweep(
         space, run_dir, caches, run_id=meta["run_id"], optuna_storage=optuna_url, storage=args.storage,
         budget_hours=args.budget_gpu_hours, resume=args.resume, concurrency=args.concurrency,
     )  # fmt: skip
+    timing["sweep_s"] = time.perf_counter() - mark
+    mark = time.perf_counter()
     paths = finish_run(run_dir, meta["run_id"], optuna_url if space.search == "optuna" else None)
+    timing["tables_s"] = time.perf_counter() - mark
+    mark = time.perf_counter()
     if not args.no_report:
         from analysis.report import build_report
 
         paths.update(build_report(run_dir))
+    timing["report_s"] = time.perf_counter() - mark
+    timing["total_s"] = time.perf_counter() - started
+    meta.update(timing=sweep_timing(run_dir, timing), warnings=warnings)
+    atomic_write_text(meta_file, json.dumps(meta, indent=2))
     errors = [r for r in grid if r.error is not None]
     print(f"\nsweep {meta['run_id']}: {len(grid)} trials ({len(errors)} failed) in {run_dir}")
+    for line in warnings:
+        print(f"  WARNING: {line}")
+    spent = {k.removesuffix("_s"): v for k, v in meta["timing"].items() if k.endswith("_s")}
+    print("  time (s; trial_* summed over trials): " + ", ".join(f"{k} {v:.0f}" for k, v in spent.items()))
     for r in errors:
         cause = [line for line in str(r.error).splitlines() if line.strip()]
         print(f"  failed: {Path(r.path).name}: {cause[-1][:300] if cause else type(r.error).__name__}")

@@ -130,7 +130,9 @@ def run_worker(
     """
     device = worker.device
     cache = SignalCache.open(cfg.data.cache)
+    text_started = time.perf_counter()
     text, tower, hidden = prepare_text(cfg, worker)
+    text_seconds = time.perf_counter() - text_started  # the tower pass when this run built the feature cache
     seed_everything(cfg.seed)  # identical initial weights on every worker
     model = DERI(cfg.model, text_tower=tower, text_hidden_size=None if tower else hidden).to(device)
     distributed = dist.is_available() and dist.is_initialized()
@@ -207,6 +209,7 @@ def run_worker(
             "samples_per_s": stats.samples_per_s * worker.world_size,
             "hours": hours,
             f"{worker.resource_kind}_hours": hours,
+            "text_features_s": text_seconds,
         }
         if worker.rank == 0:
             with tempfile.TemporaryDirectory(prefix="deri-ckpt-") as tmp:

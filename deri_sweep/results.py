@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 RESULT_COLUMNS = (
     "run_id", "trial_id", "variant", "config_hash", "seed", "task", "eval", "fraction", "probe_seed", "metric",
-    "value", "checkpoint", "git_commit", "hours", "status",
+    "value", "feature", "checkpoint", "git_commit", "hours", "status",
 )  # fmt: skip
 TRIAL_COLUMNS = (
     "trial_id", "variant", "seed", "config_hash", "state", "hours", "epochs", "objective", "checkpoint", "error",
@@ -143,7 +143,7 @@ def collect_tables(run_dir: str | Path, run_id: str) -> dict[str, pd.DataFrame]:
         for metric, value in summary.get("metrics", {}).items():
             result_rows.append({**lineage, "variant": row["variant"], "task": "pretrain", "eval": "pretrain",
                                 "fraction": float("nan"), "probe_seed": -1, "metric": metric, "value": float(value),
-                                "status": "ok"})  # fmt: skip
+                                "feature": "", "status": "ok"})  # fmt: skip
         if probes_file.exists():
             probes = pd.read_parquet(probes_file)
             for p in probes.itertuples(index=False):
@@ -151,7 +151,7 @@ def collect_tables(run_dir: str | Path, run_id: str) -> dict[str, pd.DataFrame]:
                 result_rows.append({**lineage, "variant": variant, "task": p.task, "eval": p.method,
                                     "fraction": float(p.fraction), "probe_seed": int(p.probe_seed)
                                     if pd.notna(p.probe_seed) else -1, "metric": p.metric, "value": float(p.value),
-                                    "status": p.status})  # fmt: skip
+                                    "feature": getattr(p, "feature", ""), "status": p.status})  # fmt: skip
     return {
         "results": pd.DataFrame(result_rows, columns=_columns(result_rows, RESULT_COLUMNS)),
         "trials": pd.DataFrame(trial_rows, columns=_columns(trial_rows, TRIAL_COLUMNS)),
@@ -176,3 +176,37 @@ def write_tables(run_dir: str | Path, run_id: str) -> dict[str, Path]:
     paths["results_csv"] = run_dir / "results.csv"
     log.info("%d result rows from %d trials written to %s", len(tables["results"]), len(tables["trials"]), run_dir)
     return paths
+
+
+def sweep_timing(run_dir: str | Path, stages: dict[str, float]) -> dict[str, float]:
+    """Where a sweep's wall time went: the driver's stages plus per-trial sums from ``trial.json``.
+
+    Args:
+        run_dir: the run directory.
+        stages: the driver's own wall seconds (``data_s``, ``ray_start_s``, ``sweep_s``, ...).
+
+    Returns:
+        ``stages`` plus ``trials``, and summed over trials: ``trial_fit_s`` (each TorchTrainer.fit,
+        worker-group start included), ``trial_epochs_s`` (inside the training epochs),
+        ``trial_worker_start_and_checkpoints_s`` (the difference), ``trial_text_features_s`` (the
+        text tower pass, paid by the trial that built the feature cache) and ``trial_probes_s``.
+        Trials run concurrently, so the sums can exceed ``sweep_s``.
+    """
+    summaries = []
+    for path in sorted(Path(run_dir).glob("trials/*/trial.json")):
+        try:
+            summaries.append(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            continue
+    fit = sum(float(t.get("pretrain_seconds", 0.0)) for t in summaries)
+    epochs = sum(float(t.get("train_seconds", 0.0)) for t in summaries)
+    out = {k: round(v, 1) for k, v in stages.items()}
+    out.update(
+        trials=len(summaries),
+        trial_fit_s=round(fit, 1),
+        trial_epochs_s=round(epochs, 1),
+        trial_worker_start_and_checkpoints_s=round(fit - epochs, 1),
+        trial_text_features_s=round(sum(float(t.get("metrics", {}).get("text_features_s", 0.0)) for t in summaries), 1),
+        trial_probes_s=round(sum(float(t.get("probe_seconds", 0.0)) for t in summaries), 1),
+    )
+    return out

@@ -9,9 +9,10 @@ as a lost spot instance would be, and a fresh node joins in their place.
    with the same metrics as an uninterrupted run.
 2. A trial's checkpoint is corrupt when its workers restart: a clear error, the
    trial is recorded as failed, the sweep goes on.
-3. The ablate driver is SIGKILLed mid-sweep: ``--resume`` finishes it; every
-   planned trial appears once, finished trials and probes are not run again, and
-   the Optuna study has no dangling trial.
+3. A Tune + ASHA + Optuna (TPE, SQLite) sweep prunes a trial, and its driver is
+   SIGKILLed mid-sweep: ``--resume`` finishes it; every planned trial appears once
+   with the state it had (PRUNED with its intermediate values, COMPLETE with the
+   probe objective), finished trials and probes are not run again.
 4. A probe task's node dies: the task is retried and its result recorded once.
 """
 
@@ -38,9 +39,12 @@ probes: {datasets: [ptbxl], fractions: [1.0], seeds: [0], epochs: 5, zero_shot: 
 """
 # two trials of one configuration: seed 42 meets a corrupt checkpoint, seed 43 loses its node
 GRID_SPACE = "search: grid\nvariants: {full: {}}\nseeds: [42, 43]\nbaseline: full\n" + BASE
-OPTUNA_SPACE = (
-    "search: optuna\noptuna: {model.loss.w_uma: {type: float, low: 0.5, high: 1.0}}\nnum_samples: 2\nseeds: [42]\n"
-    + BASE
+# Optuna TPE (SQLite) + ASHA over the CMA weight, which scales the validation loss: with TPE seed 212 the three
+# trials sample w_cma 10.1, 36.6 and 3.0, so ASHA stops the second at its first rung and lets the third finish
+ASHA = "scheduler: {type: asha, grace_period: 1, reduction_factor: 2}"
+ASHA_OPTUNA_SPACE = (
+    "search: optuna\noptuna: {model.loss.w_cma: {type: float, low: 1.0, high: 40.0}}\nnum_samples: 3\n"
+    "seeds: [212]\nobjective: probe\n" + BASE.replace("scheduler: {type: none}", ASHA)
 )
 
 
@@ -169,24 +173,36 @@ def test_node_death_resumes_and_a_corrupt_checkpoint_fails_only_its_trial(cluste
     assert len(probes[probes["metric"] == "test_auroc"]) == 4 and (probes["status"] == "ok").all()
 
 
-def test_resume_after_the_driver_is_killed(cluster, short_caches, tmp_path):
+def _study_states(run_dir: Path) -> dict[int, str]:
     import optuna
 
-    space, run_dir = tmp_path / "optuna.yaml", tmp_path / "run"
-    space.write_text(OPTUNA_SPACE)
+    study = optuna.load_study(study_name=run_dir.name, storage=f"sqlite:///{run_dir / 'optuna.db'}")
+    return {t.number: t.state.name for t in study.trials}
+
+
+def test_asha_and_optuna_prune_and_a_killed_driver_resumes_without_redoing_anything(cluster, short_caches, tmp_path):
+    """Tune + ASHA + Optuna TPE through the CLI; the driver is SIGKILLed mid-sweep and resumed."""
+    import optuna
+
+    space, run_dir = tmp_path / "asha_optuna.yaml", tmp_path / "run"
+    space.write_text(ASHA_OPTUNA_SPACE)
     args = _args(space, run_dir, cluster, short_caches)
     driver = start_ablate(args, tmp_path, tmp_path / "first.log")
     try:
+        # the first trial finished with its probes, the second was pruned at its first rung ...
         first = wait_for(lambda: list((run_dir / "trials").glob("*/probes.parquet")), "the first trial's probes")[0]
-        first_id = first.parent.name
-        # kill once the second trial has two checkpoints: a restart from scratch would then show
+        wait_for(lambda: (run_dir / "stopped_trials.txt").exists(), "ASHA to stop a trial")
+        wait_for(lambda: "PRUNED" in _study_states(run_dir).values(), "Optuna to see the pruned trial")
+        # ... and the third has two checkpoints: a restart from scratch would show
+        first_storage = f"trial_{first.parent.name}"
         train = run_dir / "train"
-        first_storage = f"trial_{first_id}"
         wait_for(lambda: [t for t in train.glob("trial_*") if t.name != first_storage and len(_checkpoints(t)) >= 2],
-                 "two checkpoints of the second trial")  # fmt: skip
+                 "two checkpoints of the third trial")  # fmt: skip
     finally:
         driver.kill()  # SIGKILL: no clean-up runs
         driver.wait()
+    before = _study_states(run_dir)
+    assert before[0] == "COMPLETE" and before[1] == "PRUNED" and before[2] == "RUNNING", before
     assert not (run_dir / "trials.parquet").exists()
     finished = {p: p.stat().st_mtime_ns for p in (first.parent / "probes.parquet", first.parent / "trial.json")}
     features = {p: p.stat().st_mtime_ns for p in (run_dir / "features").rglob("*") if p.is_file()}
@@ -194,10 +210,28 @@ def test_resume_after_the_driver_is_killed(cluster, short_caches, tmp_path):
 
     resumed = run_ablate([*args, "--resume"], tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "2 trials (0 failed)" in resumed.stdout
+    assert "3 trials (0 failed)" in resumed.stdout
 
     trials = pd.read_parquet(run_dir / "trials.parquet")
-    assert len(trials) == 2 and trials["trial_id"].is_unique and (trials["state"] == "COMPLETE").all()
+    assert len(trials) == 3 and trials["trial_id"].is_unique
+    study = optuna.load_study(study_name=run_dir.name, storage=f"sqlite:///{run_dir / 'optuna.db'}")
+    by_number = {t.number: t for t in study.trials}
+    assert len(by_number) == 3  # no extra Optuna trial was started for the resumed one
+    states = {n: t.state.name for n, t in by_number.items()}
+    assert states == {0: "COMPLETE", 1: "PRUNED", 2: "COMPLETE"}, states  # the states from before the kill held
+    params = {n: t.params["model.loss.w_cma"] for n, t in by_number.items()}
+    assert params[1] > params[0] > params[2], params  # the sampled weights the space was designed on
+    weights = trials["param/model.loss.w_cma"]
+    trials["number"] = [next(n for n, p in params.items() if p == pytest.approx(w)) for w in weights]
+    by_trial = trials.set_index("number")
+    assert by_trial.loc[1, "state"] == "PRUNED" and by_trial.loc[1, "epochs"] == 1.0
+    assert set(by_number[1].intermediate_values) == {1}  # its validation loss at the rung that stopped it
+    for n in (0, 2):  # finished trials: COMPLETE in both, with the probe objective (mean validation AUROC)
+        assert by_trial.loc[n, "state"] == "COMPLETE" and by_trial.loc[n, "epochs"] == 4.0
+        assert by_number[n].value == pytest.approx(by_trial.loc[n, "objective"]) and 0 < by_number[n].value <= 1
+    assert sorted(by_number[0].intermediate_values) == [1, 2, 3, 4]  # one validation loss per epoch
+    # the resumed trial: the epochs after its checkpoint reached Optuna; the one in flight at the kill may not have
+    assert {3, 4} <= set(by_number[2].intermediate_values) <= {1, 2, 3, 4}, by_number[2].intermediate_values
     # finished work was not redone: the first trial's files and every extracted feature are untouched
     assert {p: p.stat().st_mtime_ns for p in finished} == finished
     assert {p: p.stat().st_mtime_ns for p in features} == features
@@ -205,16 +239,12 @@ def test_resume_after_the_driver_is_killed(cluster, short_caches, tmp_path):
     keys = ["trial_id", "variant", "task", "eval", "fraction", "probe_seed", "metric"]
     assert not results.duplicated(keys).any()
     probes = results[(results["eval"] == "linear_probe") & (results["metric"] == "test_auroc")]
-    assert probes.groupby("trial_id").size().tolist() == [4, 4]
-    # the second trial went on from its checkpoint, not from scratch (that would repeat two epochs)
-    second = trials.loc[trials["trial_id"] != first_id, "trial_id"].item()
+    assert probes.groupby("trial_id").size().tolist() == [4, 4]  # the pruned trial was never probed
+    # the third trial went on from its checkpoint, not from scratch (that would repeat two epochs)
+    third_id = by_trial.loc[2, "trial_id"]
     curves = pd.read_parquet(run_dir / "curves.parquet")
-    epochs = curves[(curves["trial_id"] == second) & (curves["metric"] == "val_total")]["epoch"].tolist()
+    epochs = curves[(curves["trial_id"] == third_id) & (curves["metric"] == "val_total")]["epoch"].tolist()
     assert max(epochs) == 4.0 and len(epochs) <= 5, epochs
-    # Optuna: one study trial per planned trial, all told, none left RUNNING or FAILED
-    study = optuna.load_study(study_name=run_dir.name, storage=f"sqlite:///{run_dir / 'optuna.db'}")
-    states = [t.state.name for t in study.trials]
-    assert states == ["COMPLETE", "COMPLETE"], states
 
 
 def test_a_probe_task_whose_node_dies_is_retried_and_recorded_once(cluster, short_caches, reference):

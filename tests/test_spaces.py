@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import optuna
@@ -106,18 +107,85 @@ def test_ablate_set_values_are_read_as_yaml_and_a_bad_one_is_named(tmp_path):
     import subprocess
     import sys
 
-    from deri_sweep.ablate import _set_overrides
+    from deri_sweep.ablate import _apply_set
 
-    assert _set_overrides(["optim.lr=1e-3", "optim.epochs=5", "model.interaction.decode_t=false"]) == {
-        "optim.lr": "1e-3", "optim.epochs": 5, "model.interaction.decode_t": False,
-    }  # fmt: skip
-    space = load_space("smoke")
-    space.base.update(_set_overrides(["optim.lr=1e-3", "optim.epochs=5"]))
+    space = _apply_set(load_space("smoke"), ["optim.lr=1e-3", "optim.epochs=5", "model.interaction.decode_t=false"])
+    assert space.base["optim.lr"] == "1e-3" and space.base["optim.epochs"] == 5  # read as YAML
     space.validate()
-    assert space.train_config({}, 42).optim.lr == 0.001 and space.train_config({}, 42).optim.epochs == 5
+    cfg = space.train_config({}, 42)
+    assert cfg.optim.lr == 0.001 and cfg.optim.epochs == 5 and not cfg.model.interaction.decode_t
+    # space sections are set on the space, validated, and named when wrong
+    space = _apply_set(load_space("smoke"), ["trial.workers=3", "probes.tasks=[ptbxl_super]"])
+    assert space.trial.workers == 3 and space.probes.tasks == ["ptbxl_super"] and "trial.workers" not in space.base
+    bad_sets = {"trial.workers=0": "trial.workers=0 must be >= 1", "probes.fractions=[5.0]": r"in \(0, 1\]",
+                "trial.wrkers=1": "unknown key", "optim.epochs=abc": "expected an integer"}  # fmt: skip
+    for bad, message in bad_sets.items():
+        with pytest.raises(ConfigError, match=message) as info:
+            _apply_set(load_space("smoke"), [bad])
+        assert f"--set {bad}" in str(info.value)
     run = subprocess.run(
         [sys.executable, "-m", "deri_sweep.ablate", "--set", "optim.epochs=abc", "--out", str(tmp_path / "run")],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert run.returncode == 2
     assert run.stderr.strip().endswith("--set optim.epochs=abc: optim.epochs: expected an integer, got 'abc'")
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
+def test_dry_run_resolves_every_trial_with_a_probe_feature_its_model_has(path, capsys, tmp_path):
+    from deri_sweep.ablate import main
+
+    assert main(["--space", str(path), "--dry-run", "--json", "--data-dir", str(tmp_path)]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    space = load_space(path)
+    expected = len(space.trials()) if space.search == "grid" else len(space.seeds)
+    assert len(plan["trials"]) == expected and plan["probe_plan"]["feature"] == space.probes.feature
+    for trial in plan["trials"]:
+        cfg = trial["config"]["model"]
+        # mix reads m_e only where fusion and decode_t exist; every other variant is probed on z_e, never refused
+        has_m_e = cfg["fusion"] and cfg["interaction"]["decode_t"]
+        assert trial["probe_feature"] == ("m_e" if has_m_e else "z_e"), trial["variant"]
+        assert trial["text_tower"] == cfg["text"]["name"] and trial["seed"] in space.seeds
+        assert trial["workers"] == space.trial.workers and trial["gpus_per_worker"] == space.trial.gpus_per_worker
+    towers = {t["text_tower"] for t in plan["trials"]}
+    # the cluster spaces train on the paper's tower; only the laptop default uses the embedded MiniLM
+    assert towers == ({"embedded"} if space.trial.gpus_per_worker == 0 else {"ncbi/MedCPT-Query-Encoder"})
+    assert plan["warnings"] == []
+
+
+def test_dry_run_names_the_variant_and_key_of_a_trial_that_cannot_run(tmp_path, capsys):
+    from deri_sweep.ablate import main
+
+    space = _write(tmp_path, "search: grid\nvariants: {full: {}, odd: {model.loss.w_cap: 1.0}}\nbaseline: full\n")
+    assert main(["--space", str(space), "--dry-run", "--data-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "configuration 'odd'" in err and "loss.w_cap=1.0 needs a report decoder" in err
+    # a prepared cache whose signal length differs from the model's is named before any trial starts
+    cache = tmp_path / "mimic"
+    cache.mkdir()
+    (cache / "cache.json").write_text(json.dumps({"signal": {"length": 1000}}))
+    assert main(["--space", "smoke", "--dry-run", "--set", "model.ecg.num_samples=5000",
+                 "--caches", f"mimic={cache}"]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert "variant 'full'" in err and "model.ecg.num_samples=5000" in err and "1000-sample signals" in err
+
+
+def test_paper_ablation_resolves_to_medcpt_and_check_towers_says_how_to_fetch_it(capsys, tmp_path):
+    from deri_sweep.ablate import main
+
+    assert main(["--space", "paper_ablation", "--dry-run", "--data-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("text ncbi/MedCPT-Query-Encoder") == 21 and "decoder distilgpt2" in out
+    assert "no_fusion" in out and "probe mix->z_e" in out
+    # no hub here: the tower check fails, naming each model and how to pre-fetch it
+    assert main(["--space", "paper_ablation", "--check-towers", "--data-dir", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "text tower 'ncbi/MedCPT-Query-Encoder'" in err and "hf download ncbi/MedCPT-Query-Encoder" in err
+    assert "report decoder 'distilgpt2'" in err and "report_decoder.name" in err
+    # the swap for a machine without hub access: every tower ships with the package, and loads
+    assert main(["--space", "paper_ablation", "--check-towers", "--local-towers", "--json",
+                 "--data-dir", str(tmp_path)]) == 0  # fmt: skip
+    plan = json.loads(capsys.readouterr().out)
+    assert {t["text_tower"] for t in plan["trials"]} == {"embedded"}
+    assert {t["report_decoder"] for t in plan["trials"]} == {"none", "tiny"}
+    assert plan["probe_plan"]["report_decoder"] == "tiny"

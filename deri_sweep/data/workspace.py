@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from deri_sweep.data.prepare import PrepareOptions, prepare
+from deri_sweep.data.signal import SignalOptions
 from deri_sweep.data.synth import DEFAULT_SIZES, write_all
 
 log = logging.getLogger(__name__)
@@ -41,9 +42,21 @@ def ensure_synthetic(root: str | Path, *, seed: int = 0, sizes: dict[str, int] |
 
 
 def ensure_caches(
-    synth_root: str | Path, cache_root: str | Path, *, workers: int | None = None, progress: bool = True
+    synth_root: str | Path,
+    cache_root: str | Path,
+    *,
+    signal: SignalOptions | None = None,
+    workers: int | None = None,
+    progress: bool = True,
 ) -> dict[str, Path]:
     """Prepare (or reuse) one cache per dataset of the synthetic twin.
+
+    Args:
+        synth_root: the synthetic twin (see :func:`ensure_synthetic`).
+        cache_root: one cache folder per dataset goes under it.
+        signal: sampling rate and length of the caches (default 500 Hz, 5000 samples).
+        workers: reader processes.
+        progress: show progress bars.
 
     Returns:
         Cache name (``mimic``, ``ptbxl``, ``cpsc2018``, ``csn``) -> cache directory.
@@ -53,6 +66,7 @@ def ensure_caches(
     out = {}
     for name, (fmt, folder) in DATASETS.items():
         target = cache_root / name
-        prepare(synth_root / folder, target, PrepareOptions(fmt, workers=workers, progress=progress))
+        options = PrepareOptions(fmt, signal=signal or SignalOptions(), workers=workers, progress=progress)
+        prepare(synth_root / folder, target, options)
         out[name] = target
     return out

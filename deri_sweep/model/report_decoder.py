@@ -76,7 +76,7 @@ class ReportDecoder(nn.Module):
                 self.tokenizer = _prepare_tokenizer(AutoTokenizer.from_pretrained(path))
                 self.lm = GPT2LMHeadModel.from_pretrained(path, add_cross_attention=True, dtype=torch.float32)
             except (OSError, ValueError) as exc:
-                raise offline_error(cfg.name, exc) from exc
+                raise offline_error(cfg.name, exc, key="report_decoder.name") from exc
             self.lm.resize_token_embeddings(len(self.tokenizer))
             if self.lm.config.n_positions < cfg.max_length:
                 raise ValueError(f"report_decoder.max_length={cfg.max_length} > {cfg.name} n_positions")

@@ -64,12 +64,12 @@ def resolve_text_name(name: str) -> str:
     return str(Path(spec.origin).resolve().parent / "model")
 
 
-def offline_error(name: str, exc: Exception) -> TextTowerError:
-    """The error for a model ``name`` that failed to load, saying how to get it offline."""
+def offline_error(name: str, exc: Exception, key: str = "text.name") -> TextTowerError:
+    """The error for a model ``name`` (config key ``key``) that failed to load, saying how to get it offline."""
     return TextTowerError(
-        f"cannot load text model {name!r} ({type(exc).__name__}: {exc}). Without network access, download it "
+        f"cannot load model {name!r} ({type(exc).__name__}: {exc}). Without network access, download it "
         f"on a machine with internet (e.g. `hf download {name} --local-dir DIR`) and pass its local path as "
-        "text.name, or populate the Hugging Face cache there and set HF_HUB_OFFLINE=1 here"
+        f"{key}, or populate the Hugging Face cache there and set HF_HUB_OFFLINE=1 here"
     )
 
 

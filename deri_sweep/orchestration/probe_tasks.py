@@ -104,6 +104,18 @@ class Pending:
     eval: str
     fraction: float
     probe_seed: float
+    feature: str = ""
+
+
+def _representation(checkpoint: str, feature: str) -> str:
+    """What ``feature`` reads from the checkpoint's model (``m_e``, ``z_e``, ``resnet``)."""
+    import json
+
+    from deri_sweep.checkpoint import META_FILE
+    from deri_sweep.model.pretrained import read_train_config
+
+    config, _ = read_train_config(checkpoint, json.loads((Path(checkpoint) / META_FILE).read_text()))
+    return config.model.representation(feature)
 
 
 def probe_suite(
@@ -114,6 +126,8 @@ def probe_suite(
     *,
     resources: ProbeResources | None = None,
     samples_dir: str | Path | None = None,
+    random_floor: bool | None = None,
+    floor_seed: int = 0,
 ) -> list[Pending]:
     """Submit every probe of ``plan`` for one checkpoint (and the random-init floor).
 
@@ -124,6 +138,9 @@ def probe_suite(
         feature_root: where extracted features are kept for reuse.
         resources: per-task resource request.
         samples_dir: where generated report samples go (only when ``plan.report_samples`` > 0).
+        random_floor: evaluate the random-init floor too (default ``plan.random_floor``).
+        floor_seed: weight seed of the floor (the trial's pretraining seed, so that the floor
+            pairs with the pretrained encoder seed by seed).
 
     Returns:
         Pending tasks; pass them to :func:`collect`.
@@ -143,15 +160,20 @@ def probe_suite(
     report_gen = ray.remote(_report_generation).options(**opts)
     checkpoint = str(checkpoint)
     encoders = {"pretrained": checkpoint}
-    if plan.random_floor:
-        encoders["random_init"] = "random:0"
+    if plan.random_floor if random_floor is None else random_floor:
+        encoders["random_init"] = f"random:{floor_seed}"
+    probed = _representation(checkpoint, plan.feature)
     pending: list[Pending] = []
+    if plan.tasks:
+        known = {t.name for d in plan.datasets if d in caches for t in tasks_of_cache(SignalCache.open(caches[d]))}
+        if not set(plan.tasks) <= known:
+            raise ValueError(f"probes.tasks {sorted(set(plan.tasks) - known)} are in none of {plan.datasets}: {known}")
     for dataset in plan.datasets:
         if dataset not in caches:
             raise ValueError(f"probe dataset {dataset!r} has no cache; known: {sorted(caches)}")
         cache_dir = str(caches[dataset])
         cache = SignalCache.open(cache_dir)
-        tasks = tasks_of_cache(cache)
+        tasks = [t for t in tasks_of_cache(cache) if not plan.tasks or t.name in plan.tasks]
         has_reports = bool((cache.index["report_id"] >= 0).any())
         for encoder, source in encoders.items():
             features = extract.remote(source, cache_dir, plan.feature, str(feature_root), checkpoint)
@@ -159,16 +181,16 @@ def probe_suite(
                 for fraction in plan.fractions:
                     for seed in plan.seeds:
                         ref = probe.remote(features, cache_dir, task.label_set, fraction, seed, plan.epochs)
-                        pending.append(Pending(ref, encoder, task.name, "linear_probe", fraction, seed))
+                        pending.append(Pending(ref, encoder, task.name, "linear_probe", fraction, seed, probed))
                 if plan.zero_shot and encoder == "pretrained" and plan.feature == "mix":
                     ref = zero_shot.remote(features, checkpoint, cache_dir, task.label_set)
-                    pending.append(Pending(ref, encoder, task.name, "zero_shot", math.nan, math.nan))
+                    pending.append(Pending(ref, encoder, task.name, "zero_shot", math.nan, math.nan, probed))
             if plan.report_generation and encoder == "pretrained" and has_reports:
                 name = f"{dataset}_report"
                 samples = str(Path(samples_dir) / f"{name}_samples.json") if samples_dir and plan.report_samples else ""
                 ref = report_gen.remote(features, cache_dir, name, plan.report_decoder, plan.report_epochs,
                                         plan.report_samples, samples)  # fmt: skip
-                pending.append(Pending(ref, encoder, name, "report_generation", math.nan, math.nan))
+                pending.append(Pending(ref, encoder, name, "report_generation", math.nan, math.nan, probed))
     return pending
 
 
@@ -176,7 +198,8 @@ def collect(pending: list[Pending]) -> pd.DataFrame:
     """Wait for probe tasks; failed ones (after retries) become ``status=failed`` rows.
 
     Returns:
-        Tidy rows with ``encoder`` and ``status`` columns added.
+        Tidy rows with ``encoder``, ``feature`` (the representation probed: ``m_e``, ``z_e``,
+        ``resnet``) and ``status`` columns added.
     """
     frames = []
     for item in pending:
@@ -191,5 +214,6 @@ def collect(pending: list[Pending]) -> pd.DataFrame:
                   "metric": "error", "value": math.nan, "status": "failed"}]
             )  # fmt: skip
         frame["encoder"] = item.encoder
+        frame["feature"] = item.feature
         frames.append(frame)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

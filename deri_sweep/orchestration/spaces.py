@@ -20,6 +20,7 @@ A space file (see ``search_spaces/*.yaml``) has these sections::
     scheduler: {type: asha, grace_period: 1, reduction_factor: 2}
     trial: {workers: 2, gpus_per_worker: 0, cpus_per_worker: 0.49, driver_cpus: 0.01, driver_on_head: true}
     probes: {datasets: [ptbxl], fractions: [0.01, 0.1, 1.0], seeds: [0], ...}
+    workspace: {fs: 100, length: 1000}  # the synthetic default's caches (no --caches given)
 
 Every configuration a space can produce is checked against :class:`TrainConfig`
 when the file is loaded, so a typo or an impossible combination fails before
@@ -28,6 +29,7 @@ any trial starts.
 
 from __future__ import annotations
 
+import copy
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,6 +42,11 @@ from deri_sweep.config import ConfigError, apply_overrides, from_dict
 from deri_sweep.train_config import TrainConfig
 
 SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
+TEXT_KEY = "model.text.name"
+DECODER_KEY = "model.report_decoder.name"
+#: towers that ship with the package (``--local-towers``): the MiniLM wheel and a small random GPT-2
+LOCAL_TEXT_TOWER = "embedded"
+LOCAL_DECODER = "tiny"
 
 
 @dataclass
@@ -111,6 +118,12 @@ class TrialSpec:
     max_failures: int = 2
     driver_on_head: bool = True
 
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ConfigError(f"trial.workers={self.workers} must be >= 1")
+        if min(self.gpus_per_worker, self.cpus_per_worker, self.driver_cpus) < 0 or self.max_failures < 0:
+            raise ConfigError("trial: gpus_per_worker, cpus_per_worker, driver_cpus and max_failures must be >= 0")
+
 
 @dataclass
 class ProbePlan:
@@ -127,7 +140,9 @@ class ProbePlan:
         report_decoder: ``tiny`` (local) or a GPT-2 hub id / path such as ``distilgpt2``.
         report_epochs: decoder fine-tuning epochs.
         report_samples: generated reports saved beside the metrics (0: none; they are patient-like text).
-        random_floor: also evaluate a randomly initialised encoder.
+        random_floor: also evaluate a randomly initialised encoder (on the baseline's trials, with
+            each trial's pretraining seed, so that it pairs seed by seed).
+        tasks: only these tasks of the datasets (e.g. ``[ptbxl_super]``); empty: every task.
     """
 
     datasets: list[str] = field(default_factory=lambda: ["ptbxl"])
@@ -141,6 +156,40 @@ class ProbePlan:
     report_epochs: int = 10
     report_samples: int = 0
     random_floor: bool = True
+    tasks: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if any(not 0.0 < f <= 1.0 for f in self.fractions):
+            raise ConfigError(f"probes.fractions={self.fractions}: each must be in (0, 1]")
+        if self.epochs < 1:
+            raise ConfigError(f"probes.epochs={self.epochs} must be >= 1")
+
+
+@dataclass
+class WorkspaceSpec:
+    """The embedded default's caches (used when ``ablate`` gets no ``--caches``).
+
+    The synthetic twin is written at 500 Hz (PTB-XL also ships its 100 Hz ``records100/``);
+    caches are prepared at ``fs`` Hz and ``length`` samples, so a laptop preset such as
+    100 Hz / 1000 samples (10 s) costs a fifth of the reference 500 Hz / 5000 per step.
+    The model side must match: ``model.ecg.num_samples`` = ``length`` (checked before any trial).
+
+    Attributes:
+        fs: sampling rate of the prepared caches in Hz.
+        length: samples per record in the prepared caches.
+    """
+
+    fs: int = 500
+    length: int = 5000
+
+    def __post_init__(self) -> None:
+        if self.fs < 50 or self.length < 16:
+            raise ConfigError(f"workspace: fs={self.fs} must be >= 50 Hz and length={self.length} >= 16 samples")
+
+    @property
+    def folder(self) -> str:
+        """Cache folder name under the data directory: ``caches`` at 500 Hz / 5000, else e.g. ``caches-100hz-1000``."""
+        return "caches" if (self.fs, self.length) == (500, 5000) else f"caches-{self.fs}hz-{self.length}"
 
 
 @dataclass
@@ -163,6 +212,7 @@ class SearchSpace:
     scheduler: SchedulerSpec = field(default_factory=SchedulerSpec)
     trial: TrialSpec = field(default_factory=TrialSpec)
     probes: ProbePlan = field(default_factory=ProbePlan)
+    workspace: WorkspaceSpec = field(default_factory=WorkspaceSpec)
 
     def __post_init__(self) -> None:
         if not self.seeds:
@@ -186,6 +236,41 @@ class SearchSpace:
             TrainConfig(),
             [f"{k}={_yaml_value(v)}" for k, v in _flat(merged).items()],
         )
+
+    def trials(self) -> list[dict[str, Any]]:
+        """Every trial of a grid space: ``{"variant", "overrides", "seed"}`` for configurations x seeds."""
+        return [
+            {"variant": label, "overrides": overrides, "seed": seed}
+            for label, overrides in self.grid_points()
+            for seed in self.seeds
+        ]
+
+    def with_local_towers(self) -> SearchSpace:
+        """This space with every hub-named tower swapped for one that ships with the package.
+
+        The text tower becomes ``embedded`` (MiniLM) and every GPT-2 report decoder
+        (joint or downstream) becomes ``tiny``: for trying a cluster space on a machine
+        without hub access. The numbers are then NOT those of the paper's towers; the
+        sweep records the swap (``sweep.json``, the table notes).
+        """
+
+        def local(key: str, value: Any) -> Any:
+            if key == TEXT_KEY:
+                return LOCAL_TEXT_TOWER
+            if key == DECODER_KEY and value not in ("none", LOCAL_DECODER):
+                return LOCAL_DECODER
+            return value
+
+        def swap(overrides: dict[str, Any]) -> dict[str, Any]:
+            return {k: local(k, v) for k, v in _flat(overrides).items()}
+
+        space = copy.deepcopy(self)
+        space.base = {**swap(space.base), TEXT_KEY: LOCAL_TEXT_TOWER}
+        space.variants = {name: swap(over) for name, over in space.variants.items()}
+        space.grid = {k: [local(k, v) for v in values] for k, values in space.grid.items()}
+        if space.probes.report_decoder != LOCAL_DECODER:
+            space.probes.report_decoder = LOCAL_DECODER
+        return space
 
     def grid_points(self) -> list[tuple[str, dict[str, Any]]]:
         """Every (variant name, overrides) of a grid search: variants x grid axes.

@@ -133,9 +133,12 @@ def trial_driver(config: dict[str, Any], context: SweepContext) -> None:
             probes = pd.read_parquet(probes_file)
         else:
             probing = time.time()
+            # the random-init floor pairs with the baseline's seeds: one floor per seed, not per variant
+            floor = space.probes.random_floor and (not space.baseline or config["variant"] == space.baseline)
             pending = probe_suite(
                 checkpoint, space.probes, context.caches, run_dir / "features",
                 resources=ProbeResources(**context.probe_resources), samples_dir=out,
+                random_floor=floor, floor_seed=seed,
             )  # fmt: skip
             probes = collect(pending)
             atomic_write_bytes(probes_file, probes.to_parquet(index=False))
@@ -144,6 +147,47 @@ def trial_driver(config: dict[str, Any], context: SweepContext) -> None:
     objective = _objective(space, metrics, probes)
     final = {k: metrics[k] for k in (space.metric, "epoch", "hours") if k in metrics}
     tune.report({**final, "objective": objective, FINAL_REPORT_KEY: 1.0})
+
+
+def _build_text_features(cache_dir: str, text: dict[str, Any]) -> str:
+    """Ray task: the frozen tower's features of every unique report of a cache (a no-op when present)."""
+    from deri_sweep.model.config import TextConfig
+    from deri_sweep.model.text_cache import build_text_features
+    from deri_sweep.model.text_tower import TextTower
+
+    cfg = from_dict(TextConfig, text)
+    device = "cuda" if ray.get_gpu_ids() else "cpu"
+    return str(build_text_features(cache_dir, TextTower(cfg), device=device, progress=False))
+
+
+def prebuild_text_features(space: SearchSpace) -> float:
+    """Build the text features every trial needs once, before any trial starts.
+
+    One Ray task per distinct (pretraining cache, frozen text tower) of the plan, on a
+    GPU when the cluster has one; trials then find the features and skip the tower.
+    Without this, concurrent trials would each run the tower at their start.
+
+    Returns:
+        Wall seconds spent (0 when every feature cache already existed).
+    """
+    from deri_sweep.model.text_cache import caching_applies, feature_dir
+
+    plans = space.trials() if space.search == "grid" else [{"overrides": {}, "seed": space.seeds[0]}]
+    needed: dict[tuple[str, str], Any] = {}
+    for trial in plans:
+        cfg = space.train_config(trial["overrides"], trial["seed"])
+        text = cfg.model.text
+        if caching_applies(text) and not (feature_dir(cfg.data.cache, text) / "meta.json").exists():
+            needed[(cfg.data.cache, str(feature_dir(cfg.data.cache, text)))] = text
+    if not needed:
+        return 0.0
+    started = time.time()
+    gpu = 1.0 if ray.cluster_resources().get("GPU", 0.0) >= 1 else 0.0
+    task = ray.remote(_build_text_features).options(num_cpus=1 if not gpu else 0.5, num_gpus=gpu, max_retries=2)
+    refs = [task.remote(cache, to_dict(text)) for (cache, _), text in needed.items()]
+    for (_, folder), ref in zip(needed, refs, strict=True):
+        log.info("text features ready once for every trial: %s", ray.get(ref) or folder)
+    return time.time() - started
 
 
 def max_concurrent(space: SearchSpace) -> int:
@@ -166,15 +210,11 @@ def driver_resources(space: SearchSpace) -> dict[str, float]:
 
 
 def trial_plan(space: SearchSpace) -> list[dict[str, Any]]:
-    """Every trial config of a grid space: configurations x seeds."""
-    return [
-        {"variant": label, "overrides": overrides, "seed": seed}
-        for label, overrides in space.grid_points()
-        for seed in space.seeds
-    ]
+    """Every trial config of a grid space: configurations x seeds (see :meth:`SearchSpace.trials`)."""
+    return space.trials()
 
 
-def _searcher(space: SearchSpace, run_id: str, optuna_storage: str) -> tuple[Any, int]:
+def _searcher(space: SearchSpace, run_id: str, optuna_storage: str, stopped_record: Path) -> tuple[Any, int]:
     """The space's searcher and the number of trials to sample."""
     if space.search == "grid":
         plan = trial_plan(space)
@@ -184,7 +224,7 @@ def _searcher(space: SearchSpace, run_id: str, optuna_storage: str) -> tuple[Any
     mode = "max" if space.objective == "probe" else space.mode
     storage = optuna.storages.RDBStorage(optuna_storage)
     searcher = PruningOptunaSearch(
-        run_id, space.metric, pretrain_seed=space.seeds[0], space=define_by_run(space.optuna),
+        stopped_record, space.metric, pretrain_seed=space.seeds[0], space=define_by_run(space.optuna),
         metric="objective", mode=mode,
         sampler=optuna.samplers.TPESampler(seed=space.seeds[0]), study_name=run_id, storage=storage,
     )  # fmt: skip
@@ -233,14 +273,15 @@ def run_sweep(
         log.info("resuming the sweep in %s", tune_dir)
         tuner = tune.Tuner.restore(str(tune_dir), trainable=trainable, resume_unfinished=True, resume_errored=True)
         return tuner.fit()
+    prebuild_text_features(space)
     storage_url = optuna_storage or f"sqlite:///{run_dir / 'optuna.db'}"
-    searcher, samples = _searcher(space, run_id, storage_url)
+    searcher, samples = _searcher(space, run_id, storage_url, run_dir / STOPPED_FILE)
     scheduler = None
     if space.scheduler.type == "asha":
         # max_t one past the last epoch: ASHA must not stop a trial that finished pretraining (its probes run next)
         epochs = int(space.train_config({}, space.seeds[0]).optim.epochs)
         scheduler = StopRecordingASHA(
-            run_id, record=run_dir / STOPPED_FILE, time_attr="epoch", metric=space.metric, mode=space.mode,
+            run_dir / STOPPED_FILE, time_attr="epoch", metric=space.metric, mode=space.mode,
             max_t=epochs + 1, grace_period=space.scheduler.grace_period,
             reduction_factor=space.scheduler.reduction_factor,
         )  # fmt: skip
