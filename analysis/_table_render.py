@@ -47,7 +47,8 @@ def legend(table: ComparisonTable) -> str:
     """One-paragraph plain-text explanation of what the cells mean."""
     base = (
         f"Δ = mean paired difference vs {table.baseline!r} over pretraining seeds, "
-        f"p_Holm = paired t-test p-value Holm-corrected over the {table.n_comparisons} tested cells; "
+        f"p = paired t-test p-value, p_Holm = the same Holm-corrected over the {table.n_comparisons} tested "
+        "cells (the verdict reads p_Holm); "
         if (table.baseline)
         else "No baseline variant: no deltas. "
     )
@@ -121,7 +122,7 @@ def _md_cell(c: pd.Series | None) -> str:
     if math.isfinite(c["delta"]):
         text += f" Δ{c['delta']:+.3f}"
         if math.isfinite(p_holm := _num(c, "p_holm")):
-            text += f" ({_p(p_holm, 'p_Holm')})"
+            text += f" ({_p(_num(c, 'p_value'))}, {_p(p_holm, 'p_Holm')})"
     if word := verdict_word(_verdict(c)):
         text += f" {word}"
     return text
@@ -147,7 +148,7 @@ def _html_cell(c: pd.Series | None) -> str:
         cls = "d" + {HELPS: " sig-pos", HURTS: " sig-neg"}.get(verdict, "")
         parts = [f"Δ {c['delta']:+.3f}"] if math.isfinite(c["delta"]) else []
         if math.isfinite(p_holm := _num(c, "p_holm")):
-            parts.append(esc(_p(p_holm, "p_Holm")))
+            parts.append(esc(f"{_p(_num(c, 'p_value'))}, {_p(p_holm, 'p_Holm')}"))
         if word := verdict_word(verdict):
             parts.append(f'<b class="verdict">{esc(word)}</b>')
         inner += f'<span class="{cls}" title="{esc(verdict)}">{" · ".join(parts)}</span>'
