@@ -31,6 +31,7 @@ from deri_sweep.results import FINAL_REPORT_KEY
 
 log = logging.getLogger(__name__)
 
+
 def stopped_trials(record: str | Path) -> set[str]:
     """Trial ids the scheduler stopped early, read from its record file (empty when absent)."""
     path = Path(record)
@@ -144,7 +145,7 @@ class PruningOptunaSearch(OptunaSearch):
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*is already reported")
             # the epoch, not Tune's training_iteration: a trial resumed after a driver restart counts again from 1
-            step = int(round(float(result.get("epoch", result.get("training_iteration", 0)))))
+            step = round(float(result.get("epoch", result.get("training_iteration", 0))))
             self._ot_trials[trial_id].report(float(value), step)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
