@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -113,6 +114,43 @@ def _rows(cache: SignalCache, split: str, limit: int = 0) -> np.ndarray:
     return rows[:limit] if limit else rows
 
 
+#: temporary checkpoint folders are named ``deri-ckpt-<pid>-<random>`` so that a later worker can tell a dead one's
+CKPT_TMP_PREFIX = "deri-ckpt-"
+
+
+def remove_stale_checkpoint_dirs(root: str | Path | None = None) -> int:
+    """Delete temporary checkpoint folders left by workers that died (a node that lives for weeks fills up otherwise).
+
+    A folder ``deri-ckpt-<pid>-*`` is removed when no process ``<pid>`` is alive; folders of live
+    processes (and any other name) are left alone.
+
+    Args:
+        root: where the temporary folders live (default: the system temp dir).
+
+    Returns:
+        How many folders were removed.
+    """
+    import shutil
+
+    removed = 0
+    for folder in Path(root or tempfile.gettempdir()).glob(f"{CKPT_TMP_PREFIX}*-*"):
+        pid = folder.name[len(CKPT_TMP_PREFIX) :].split("-", 1)[0]
+        if not pid.isdigit() or not folder.is_dir():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # alive (or someone else's live process): not ours to delete
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed += 1
+    if removed:
+        log.info("removed %d temporary checkpoint folder(s) left by dead workers", removed)
+    return removed
+
+
 def run_worker(
     cfg: TrainConfig, worker: WorkerInfo, report: Reporter, *, resume: Path | None = None
 ) -> dict[str, float]:
@@ -129,6 +167,7 @@ def run_worker(
         The metrics of the last epoch.
     """
     device = worker.device
+    remove_stale_checkpoint_dirs()
     cache = SignalCache.open(cfg.data.cache)
     text_started = time.perf_counter()
     text, tower, hidden = prepare_text(cfg, worker)
@@ -212,7 +251,7 @@ def run_worker(
             "text_features_s": text_seconds,
         }
         if worker.rank == 0:
-            with tempfile.TemporaryDirectory(prefix="deri-ckpt-") as tmp:
+            with tempfile.TemporaryDirectory(prefix=f"{CKPT_TMP_PREFIX}{os.getpid()}-") as tmp:
                 state = {
                     "model": _trainable_state(unwrap(model), tower is not None),
                     "optimizer": optimizer.state_dict(),

@@ -101,3 +101,20 @@ def test_check_writable_names_a_file_standing_where_a_folder_should_be(tmp_path)
     (tmp_path / "taken").write_text("")
     with pytest.raises(StorageError, match=r"taken/run: cannot write the run directory .*choose another path"):
         check_writable(tmp_path / "taken" / "run", what="run directory")
+
+
+def test_temporary_checkpoint_folders_of_dead_workers_are_removed(tmp_path):
+    import subprocess
+    import sys
+
+    from deri_sweep.pretraining import CKPT_TMP_PREFIX, remove_stale_checkpoint_dirs
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f"{CKPT_TMP_PREFIX}{int(dead.stdout)}-abc"  # its process has exited
+    live = tmp_path / f"{CKPT_TMP_PREFIX}{os.getpid()}-def"  # this process: a worker still writing
+    other = tmp_path / f"{CKPT_TMP_PREFIX}notapid-ghi"
+    for folder in (stale, live, other):
+        (folder / "checkpoint").mkdir(parents=True)
+        (folder / "checkpoint" / "state.pt").write_bytes(b"x" * 1000)
+    assert remove_stale_checkpoint_dirs(tmp_path) == 1
+    assert not stale.exists() and live.exists() and other.exists()
