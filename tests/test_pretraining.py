@@ -9,12 +9,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 
 from deri_sweep.checkpoint import load_checkpoint
 from deri_sweep.config import apply_overrides
+from deri_sweep.data.cache import CacheDataset, SignalCache
 from deri_sweep.data.prepare import PrepareOptions, prepare
 from deri_sweep.data.signal import SignalOptions
-from deri_sweep.pretraining import WorkerInfo, run_worker
+from deri_sweep.losses import DeriLoss
+from deri_sweep.model.config import ECGConfig, ModelConfig, RMEConfig, TextConfig
+from deri_sweep.model.deri import DERI
+from deri_sweep.pretraining import WorkerInfo, _loader, _rows, run_worker
 from deri_sweep.train_config import TrainConfig
 
 # 2 s of signal instead of 10 s keeps CPU steps short; everything else is the real pipeline
@@ -42,24 +49,26 @@ def _config(cache: Path, **extra: object) -> TrainConfig:
 
 
 class Collector:
-    def __init__(self) -> None:
+    """The report callback of a one-process run: metrics, and a copy of each checkpoint under ``keep``."""
+
+    def __init__(self, keep: Path) -> None:
         self.metrics: list[dict] = []
         self.checkpoints: list[Path] = []
-        self._keep: list[Path] = []
+        self.keep = keep
 
     def __call__(self, metrics: dict, directory: Path | None) -> None:
         self.metrics.append(metrics)
-        if directory is not None:  # the recipe deletes its temp dir after reporting: copy it
+        if directory is not None:  # the recipe deletes its temp dir after reporting: copy it (into the test's tmp)
             import shutil
 
-            target = Path(f"{directory}-kept")
+            target = self.keep / f"checkpoint_{len(self.checkpoints):03d}"
             shutil.copytree(directory, target)
             self.checkpoints.append(target)
 
 
-def test_one_process_run_reports_checkpoints_and_resumes_exactly(mimic_cache):
+def test_one_process_run_reports_checkpoints_and_resumes_exactly(mimic_cache, tmp_path):
     cfg = _config(mimic_cache, report_every_steps=2)
-    full = Collector()
+    full = Collector(tmp_path)
     last = run_worker(cfg, WorkerInfo(), full)
     epochs = [m for m in full.metrics if float(m["epoch"]).is_integer()]
     steps = [m for m in full.metrics if not float(m["epoch"]).is_integer()]
@@ -81,19 +90,126 @@ def test_one_process_run_reports_checkpoints_and_resumes_exactly(mimic_cache):
     assert meta["text_hidden_size"] == 384 and not any(k.startswith("text.") for k in state["model"])
     assert {"model", "optimizer", "scheduler", "scaler", "epoch", "step", "rng"} <= set(state)
     # continue from the epoch-2 checkpoint: the last epoch repeats the uninterrupted run
-    resumed = Collector()
+    resumed = Collector(tmp_path / "resumed")
     again = run_worker(cfg, WorkerInfo(), resumed, resume=full.checkpoints[1])
     assert [m["epoch"] for m in resumed.metrics if float(m["epoch"]).is_integer()] == [3.0]
     for key in ("train_total", "val_total", "step"):
         assert again[key] == pytest.approx(last[key], rel=1e-5), key
 
 
-def test_training_lowers_the_loss(mimic_cache):
+def test_training_lowers_the_loss(mimic_cache, tmp_path):
     cfg = _config(mimic_cache, **{"optim.epochs": 6, "max_steps_per_epoch": 6, "optim.lr": 3e-4})
-    runs = Collector()
+    runs = Collector(tmp_path)
     run_worker(cfg, WorkerInfo(), runs)
     totals = [m["train_total"] for m in runs.metrics]
     assert np.mean(totals[-2:]) < totals[0] - 0.5, totals
+
+
+# ----------------------------------------------------------------------------- 1 worker at 2B == 2 workers at B
+# Two training trajectories (lr 1e-3, batch 16) are chaotic: BatchNorm statistics and dropout draws differ
+# per worker, so final losses of a 1- and a 2-worker run differ by several percent on some machines (19.3 vs
+# 21.1 seen). What must hold exactly is checked instead: (a) the same samples make up every global step,
+# (b) the first step's gradients agree, up to DDP's 1 / world_size, once BatchNorm and dropout are taken out.
+
+
+def test_one_and_two_workers_draw_the_same_global_batches(mimic_cache):
+    """The recipe's own loaders (``_loader``, re-seeded by ``set_epoch`` as ``run_worker`` does): one worker at
+    batch 2B and two workers at B each see the same sample rows in every global step of every epoch."""
+    cfg = _config(mimic_cache)
+    cache = SignalCache.open(mimic_cache)
+    dataset = CacheDataset(cache, _rows(cache, cfg.data.train_split, cfg.data.limit), cfg.data.norm)
+    b = cfg.optim.batch_size
+    one = _loader(dataset, 2 * b, WorkerInfo(), cfg, shuffle=True)
+    two = [_loader(dataset, b, WorkerInfo(rank=rank, world_size=2), cfg, shuffle=True) for rank in (0, 1)]
+    assert len(one) == len(two[0]) == len(two[1]) == len(dataset) // (2 * b) > 1
+    last_steps = []
+    for epoch in range(4):
+        for loader in (one, *two):
+            loader.sampler.set_epoch(epoch)
+        steps = 0
+        for whole, shard0, shard1 in zip(one, *two, strict=True):
+            rows0, rows1 = shard0["row"].tolist(), shard1["row"].tolist()
+            assert len(rows0) == len(rows1) == b and not set(rows0) & set(rows1)
+            assert sorted(whole["row"].tolist()) == sorted(rows0 + rows1), (epoch, steps)
+            steps += 1
+        assert steps == len(one)
+        last_steps.append(sorted(whole["row"].tolist()))
+    assert len({tuple(rows) for rows in last_steps}) == 4  # the sampler is re-seeded every epoch
+
+
+#: Tiny DERI for the gradient check: T = 6 tokens, RME keeps all of them (its views are then deterministic).
+GRAD_B, GRAD_H, GRAD_N, GRAD_SAMPLES = 4, 32, 6, 256
+
+
+def _grad_model_config() -> ModelConfig:
+    return ModelConfig(
+        ecg=ECGConfig(num_samples=GRAD_SAMPLES), rme=RMEConfig(keep_ratio=1.0), text=TextConfig(max_length=16)
+    )
+
+
+def _grad_batch() -> dict[str, torch.Tensor]:
+    """A global batch of 2 * GRAD_B: ECG and precomputed text features padded to the batch's longest report."""
+    g = torch.Generator().manual_seed(0)
+    n = 2 * GRAD_B
+    lengths = torch.randint(1, GRAD_N + 1, (n,), generator=g)
+    return {
+        "ecg": torch.randn(n, 12, GRAD_SAMPLES, generator=g, dtype=torch.float64),
+        "pooled": torch.randn(n, GRAD_H, generator=g, dtype=torch.float64),
+        "tokens": torch.randn(n, GRAD_N, GRAD_H, generator=g, dtype=torch.float64),
+        "token_mask": torch.arange(GRAD_N) < lengths[:, None],
+    }
+
+
+def _grad_model() -> DERI:
+    """Features-only DERI in float64 and eval mode (BatchNorm running stats, no dropout/DropPath), grads on."""
+    torch.manual_seed(0)
+    return DERI(_grad_model_config(), text_hidden_size=GRAD_H).double().eval()
+
+
+def _loss_and_grads(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor], rank: int, world: int
+) -> tuple[float, dict[str, torch.Tensor]]:
+    """One forward/backward of the DERI objective; returns the total loss and each parameter's gradient."""
+    cfg = _grad_model_config()
+    ecg = batch.pop("ecg")
+    loss = DeriLoss(cfg.loss, rank, world)(model(ecg, **batch))["total"]
+    loss.backward()
+    core = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+    return loss.item(), {name: p.grad.clone() for name, p in core.named_parameters()}
+
+
+def _ddp_rank(rank: int, world: int, rendezvous: str, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=rendezvous, rank=rank, world_size=world)
+    try:
+        model = torch.nn.parallel.DistributedDataParallel(_grad_model())  # averages gradients, as in run_worker
+        shard = {k: v[rank * GRAD_B : (rank + 1) * GRAD_B] for k, v in _grad_batch().items()}
+        torch.save(_loss_and_grads(model, shard, rank, world), Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_ddp_ranks_give_the_one_process_gradient_of_the_global_batch(tmp_path):
+    """Two gloo ranks of B (DDP-wrapped, all-gathered CLIP loss) vs one process on the global batch 2B.
+
+    Each rank computes the loss over the gathered global batch but only its own shard carries gradient
+    (``gather_features``), so each rank's parameter gradient is the global-batch gradient restricted to its
+    shard's path; DDP then AVERAGES over ranks, so the applied gradient is the one-process gradient divided by
+    the world size (open_clip with ``gather_with_grad=False`` behaves the same). AdamW is invariant to that
+    constant factor except through eps (1e-8); ``optim.grad_clip`` is not. float64 makes the check exact
+    on every machine (the observed error is ~1e-16).
+    """
+    world = 2
+    mp.spawn(_ddp_rank, args=(world, f"file://{tmp_path / 'rendezvous'}", str(tmp_path)), nprocs=world, join=True)
+    ranks = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(world)]
+    loss, grads = _loss_and_grads(_grad_model(), _grad_batch(), 0, 1)
+    assert grads and all(g.abs().sum() > 0 for g in grads.values())  # every part takes part in the loss
+    for rank_loss, rank_grads in ranks:
+        assert rank_loss == pytest.approx(loss, rel=1e-12)  # every rank sees the global-batch loss
+        assert rank_grads.keys() == grads.keys()
+        for name, grad in grads.items():
+            torch.testing.assert_close(world * rank_grads[name], grad, rtol=1e-5, atol=1e-12, msg=name)
+            assert torch.equal(rank_grads[name], ranks[0][1][name])  # DDP leaves the ranks in step
 
 
 # ----------------------------------------------------------------------------- Ray Train
@@ -125,17 +241,12 @@ def two_worker_run(mimic_cache, local_ray, tmp_path_factory):
 
 @pytest.mark.slow
 @pytest.mark.integration
-def test_two_workers_match_one_worker_with_the_same_global_batch(mimic_cache, two_worker_run, tmp_path):
+def test_two_worker_ray_run_finishes_and_records_its_world_size(two_worker_run):
     _, two = two_worker_run
-    one = _fit(_config(mimic_cache, **{"optim.batch_size": 16, "optim.epochs": 4}), 1, tmp_path, "one")
-    assert two.error is None and one.error is None
-    assert (
-        two.metrics["epoch"] == 4.0
-        and json.loads((Path(two.checkpoint.path) / "meta.json").read_text())["world_size"] == 2
-    )
-    # same samples in every global step; BatchNorm statistics and dropout draws differ per worker
+    assert two.error is None and two.metrics["epoch"] == 4.0
+    assert json.loads((Path(two.checkpoint.path) / "meta.json").read_text())["world_size"] == 2
     for key in ("train_total", "val_total"):
-        assert two.metrics[key] == pytest.approx(one.metrics[key], rel=0.05), key
+        assert np.isfinite(two.metrics[key]), key
 
 
 @pytest.mark.slow
