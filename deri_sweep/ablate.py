@@ -168,17 +168,6 @@ def dry_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _towers(space: SearchSpace, records: list, local: bool) -> dict[str, object]:
-    """What ``sweep.json`` says about the towers the trials use."""
-    decoders = {r.config.model.report_decoder.name for r in records if r.config.model.loss.w_cap > 0}
-    return {
-        "text": sorted({r.config.model.text.name for r in records}),
-        "joint_report_decoder": sorted(decoders),
-        "probe_report_decoder": space.probes.report_decoder if space.probes.report_generation else "none",
-        "local_towers": local,
-    }
-
-
 def _cluster_warnings(space: SearchSpace, records: list) -> list[str]:
     """The laptop text tower on a cluster that has GPUs is worth shouting about."""
     import ray
@@ -201,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     from deri_sweep.data.cache import CacheError
     from deri_sweep.data.readers import DatasetError
     from deri_sweep.io_utils import StorageError, check_writable
-    from deri_sweep.orchestration.dry_run import resolve_plan, tower_warnings
+    from deri_sweep.orchestration.dry_run import resolve_plan, tower_warnings, towers_summary
 
     started = time.perf_counter()
     try:
@@ -235,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         "run_id": run_dir.name, "space": space.name, "baseline_variant": space.baseline, "metric": space.metric,
         "mode": space.mode, "objective": space.objective, "search": space.search, "git_commit": git_commit(),
         "created": time.strftime("%Y-%m-%d %H:%M:%S"), "caches": {k: str(v) for k, v in caches.items()},
-        "towers": _towers(space, records, args.local_towers),
+        "towers": towers_summary(space, records, local=args.local_towers),
     }  # fmt: skip
     atomic_write_text(meta_file, json.dumps(meta, indent=2))
     timing = {"data_s": time.perf_counter() - started}

@@ -45,6 +45,12 @@ class TrialRecord:
     config: TrainConfig
     probe_feature: str
 
+    @property
+    def joint_decoder(self) -> str:
+        """The report decoder trained jointly (``none`` unless ``loss.w_cap`` > 0)."""
+        model = self.config.model
+        return model.report_decoder.name if model.loss.w_cap > 0 else "none"
+
     def as_dict(self, space: SearchSpace) -> dict[str, Any]:
         """JSON-ready record (the ``--dry-run --json`` contract)."""
         model = self.config.model
@@ -52,7 +58,7 @@ class TrialRecord:
             "variant": self.variant,
             "seed": self.seed,
             "text_tower": model.text.name,
-            "report_decoder": model.report_decoder.name if model.loss.w_cap > 0 else "none",
+            "report_decoder": self.joint_decoder,
             "probe_feature": self.probe_feature,
             "workers": space.trial.workers,
             "gpus_per_worker": space.trial.gpus_per_worker,
@@ -114,6 +120,16 @@ def resolve_plan(space: SearchSpace, caches: dict[str, Path] | None = None) -> l
     return records
 
 
+def towers_summary(space: SearchSpace, records: list[TrialRecord], *, local: bool) -> dict[str, Any]:
+    """What ``sweep.json`` says about the towers the trials use (``local``: ``--local-towers`` swapped them)."""
+    return {
+        "text": sorted({r.config.model.text.name for r in records}),
+        "joint_report_decoder": sorted({r.joint_decoder for r in records} - {"none"}),
+        "probe_report_decoder": space.probes.report_decoder if space.probes.report_generation else "none",
+        "local_towers": local,
+    }
+
+
 def tower_warnings(space: SearchSpace, records: list[TrialRecord]) -> list[str]:
     """Loud notes about towers: GPU trials on the laptop tower, a swap to local towers."""
     notes = []
@@ -151,7 +167,7 @@ def check_towers(space: SearchSpace, records: list[TrialRecord]) -> list[str]:
     from deri_sweep.model.text_tower import TextTower, TextTowerError
 
     texts = {r.config.model.text.name: r.config.model.text for r in records}
-    decoders = {r.config.model.report_decoder.name for r in records if r.config.model.loss.w_cap > 0}
+    decoders = {r.joint_decoder for r in records}
     if space.probes.report_generation:
         decoders.add(space.probes.report_decoder)
     errors = []
@@ -177,9 +193,8 @@ def describe(space: SearchSpace, records: list[TrialRecord]) -> str:
     lines = [f"space {space.name}: {space.search}, {len(records)} trial(s), objective {space.objective}"]
     for r in records:
         m = r.config.model
-        decoder = m.report_decoder.name if m.loss.w_cap > 0 else "none"
         lines.append(
-            f"  {r.variant:<24s} seed {r.seed:<4d} text {m.text.name}  decoder {decoder}  probe "
+            f"  {r.variant:<24s} seed {r.seed:<4d} text {m.text.name}  decoder {r.joint_decoder}  probe "
             f"{plan.feature}->{r.probe_feature}  {space.trial.workers} worker(s) x "
             f"{space.trial.gpus_per_worker:g} GPU / {space.trial.cpus_per_worker:g} CPU  "
             f"signal {m.ecg.num_samples}  {r.config.optim.epochs} epoch(s) x batch {r.config.optim.batch_size}"
