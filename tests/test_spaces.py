@@ -189,3 +189,14 @@ def test_paper_ablation_resolves_to_medcpt_and_check_towers_says_how_to_fetch_it
     assert {t["text_tower"] for t in plan["trials"]} == {"embedded"}
     assert {t["report_decoder"] for t in plan["trials"]} == {"none", "tiny"}
     assert plan["probe_plan"]["report_decoder"] == "tiny"
+
+
+def test_gpu_trials_on_the_laptop_tower_are_flagged(capsys, tmp_path):
+    from deri_sweep.ablate import main
+
+    args = ["--space", "paper_ablation", "--dry-run", "--data-dir", str(tmp_path)]
+    assert main([*args, "--json", "--set", "model.text.name=embedded"]) == 0
+    warnings = json.loads(capsys.readouterr().out)["warnings"]
+    assert len(warnings) == 1 and "laptop text tower 'embedded'" in warnings[0] and "MedCPT" in warnings[0]
+    assert main([*args, "--set", "model.text.name=embedded"]) == 0
+    assert "WARNING: GPU trials use the laptop text tower" in capsys.readouterr().out
