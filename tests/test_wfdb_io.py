@@ -223,3 +223,15 @@ def test_other_formats_fall_back_to_wfdb(real_ecg_dir: Path, tmp_path: Path):
     with pytest.raises(RecordError) as err:
         read_signal(header)
     assert err.value.reason == "truncated_signal" and "header needs 18000" in err.value.detail
+
+
+def test_an_absurd_sample_count_is_a_counted_skip_not_a_memory_error(real_ecg_dir: Path, tmp_path: Path):
+    """A header claiming 10^12 samples once allocated 87 TiB before looking at the file and killed a whole build."""
+    hea = _copy_record(real_ecg_dir / "chapman", "JS00001", tmp_path)
+    lines = hea.read_text().splitlines()
+    lines[0] = lines[0].replace(" 5000", " 1000000000000", 1)
+    assert " 1000000000000" in lines[0]
+    with pytest.raises(RecordError) as err:
+        read_record(_write_header(hea, lines))
+    assert err.value.reason == "truncated_signal"
+    assert err.value.detail.endswith("has 120024 bytes, header needs 24000000000024")

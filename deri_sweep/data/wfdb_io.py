@@ -262,11 +262,13 @@ def _read_format16(header: Header, directory: Path) -> np.ndarray:
     if n_samples is None:  # WFDB allows leaving the length out: infer it from the first file
         name, rows = next(iter(groups.items()))
         n_samples = max(len(raws[name]) - header.signals[rows[0]].byte_offset, 0) // (2 * len(rows))
-    out = np.empty((header.n_sig, n_samples), dtype=np.float64)
-    for name, rows in groups.items():
+    for name, rows in groups.items():  # before allocating: a header may claim an absurd sample count
         path, raw, offset = directory / name, raws[name], header.signals[rows[0]].byte_offset
         _check_size(path, len(raw), offset + 2 * len(rows) * n_samples)
         _check_mat_v4(path, raw, offset, len(rows), n_samples)
+    out = np.empty((header.n_sig, n_samples), dtype=np.float64)
+    for name, rows in groups.items():
+        raw, offset = raws[name], header.signals[rows[0]].byte_offset
         digital = np.frombuffer(raw, dtype="<i2", count=len(rows) * n_samples, offset=offset)
         digital = digital.reshape(n_samples, len(rows)).T
         for j, i in enumerate(rows):
