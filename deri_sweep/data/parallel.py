@@ -1,11 +1,13 @@
 """Run a function over chunks of records in worker processes, with a progress bar.
 
 The reader is sent to each worker once (pool initializer), not once per chunk:
-a MIMIC reader carries ~800k rows of metadata.
+a MIMIC reader carries ~800k rows of metadata. Ctrl-C stops the run at once: queued
+chunks are cancelled and only those already running finish.
 """
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any, TypeVar
@@ -19,6 +21,8 @@ _READER: Any = None
 def _init_worker(reader: Any) -> None:
     global _READER
     _READER = reader
+    # Ctrl-C goes to the whole process group: the parent stops the pool, a worker must not die mid-shard
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _call(fn: Callable[..., Any], keys: list[str], number: int) -> Any:
@@ -59,10 +63,17 @@ def map_chunks(
                 bar.update(len(keys))
                 yield number, result
             return
-        with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=(reader,)) as pool:
+        pool = ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=(reader,))
+        try:
             futures = {pool.submit(_call, fn, keys, number): number for number, keys in chunks.items()}
             for future in as_completed(futures):
                 number = futures[future]
                 result = future.result()
                 bar.update(len(chunks[number]))
                 yield number, result
+        except BaseException:
+            # Ctrl-C, an error or an abandoned generator: queued chunks are dropped, running ones finish
+            # (their shards are written atomically, so a resumed build keeps them)
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
