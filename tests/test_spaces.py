@@ -69,6 +69,10 @@ def _write(tmp_path: Path, text: str) -> Path:
         ("search: optuna\noptuna: {model.loss.w_mix: {type: float, low: 2, high: 1}}\n", "low <= high"),
         ("search: grid\nscheduler: {type: hyperband}\n", "not one of"),
         ("[1, 2]\n", "expected a mapping"),
+        ("search: grid\nmetric: val_totl\n", "metric: 'val_totl' is not reported by pretraining"),
+        ("search: grid\nseeds: [1]\nseeds: [2]\n", r"duplicate key 'seeds' \(line 3\)"),
+        ("search: grid\nprobes: {fractions: [0.0, 5.0]}\n", r"probes.fractions=\[0.0, 5.0\]: each must be in \(0, 1\]"),
+        ("search: grid\ntrial: {workers: 0}\n", "trial.workers=0 must be >= 1"),
     ],
 )
 def test_invalid_spaces_name_file_and_problem(tmp_path, text, message):

@@ -42,6 +42,9 @@ from deri_sweep.config import ConfigError, apply_overrides, from_dict
 from deri_sweep.train_config import TrainConfig
 
 SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
+#: the per-epoch metrics pretraining reports, which ``metric`` (ASHA's and Optuna's signal) may name
+REPORTED_METRICS = tuple(f"{split}_{term}" for split in ("val", "train")
+                         for term in ("total", "cma", "mix", "uma", "dec_e", "dec_t", "cap"))  # fmt: skip
 TEXT_KEY = "model.text.name"
 DECODER_KEY = "model.report_decoder.name"
 #: towers that ship with the package (``--local-towers``): the MiniLM wheel and a small random GPT-2
@@ -217,6 +220,8 @@ class SearchSpace:
     def __post_init__(self) -> None:
         if not self.seeds:
             raise ConfigError("seeds: give at least one pretraining seed")
+        if self.metric not in REPORTED_METRICS:
+            raise ConfigError(f"metric: {self.metric!r} is not reported by pretraining; use one of {REPORTED_METRICS}")
         if self.search == "grid":
             if self.optuna:
                 raise ConfigError("optuna: parameters given but search is 'grid'; set search: optuna")
@@ -368,6 +373,21 @@ def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error (not "the last one wins")."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (line {key_node.start_mark.line + 1})", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_space(path_or_name: str | Path) -> SearchSpace:
     """Load and fully validate a space: a YAML path, or a name in ``search_spaces/``.
 
@@ -379,7 +399,7 @@ def load_space(path_or_name: str | Path) -> SearchSpace:
     if not path.suffix and not path.exists():
         path = SPACES_DIR / f"{path_or_name}.yaml"
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}
     except OSError as exc:
         shipped = ", ".join(sorted(p.stem for p in SPACES_DIR.glob("*.yaml")))
         raise ConfigError(f"{path}: cannot read search space ({exc.strerror}); shipped spaces: {shipped}") from exc
