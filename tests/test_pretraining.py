@@ -102,6 +102,8 @@ def test_training_lowers_the_loss(mimic_cache, tmp_path):
     runs = Collector(tmp_path)
     run_worker(cfg, WorkerInfo(), runs)
     totals = [m["train_total"] for m in runs.metrics]
+    # measured drop (first epoch - mean of the last two): 2.2-3.0 over seeds 0-3 and 42, and 2.90 / 2.97 with 2 / 1
+    # torch threads at seed 42 (the trajectory moves by ~0.06 with the summation order): far above the 0.5 asked
     assert np.mean(totals[-2:]) < totals[0] - 0.5, totals
 
 
@@ -277,5 +279,9 @@ def test_killed_worker_resumes_from_checkpoint_with_the_same_result(two_worker_r
     assert victim.error is None and victim.metrics["epoch"] == 4.0
     epochs = victim.metrics_dataframe["epoch"].tolist()
     assert epochs.count(4.0) >= 1 and len(epochs) <= 5  # at most the epoch in flight was repeated
+    # exact by construction, not a noise band: both are 2-worker runs of one config on one machine; every epoch
+    # re-seeds each worker and the sampler, the checkpoint holds model, optimizer and scheduler state, and a
+    # 2-rank gloo all-reduce is order-free (a + b), so the resumed epochs repeat the reference bit for bit.
+    # Any real divergence (wrong RNG, lr or state after resume) grows chaotically far beyond 1e-4.
     for key in ("train_total", "val_total", "step"):
         assert victim.metrics[key] == pytest.approx(reference.metrics[key], rel=1e-4), key
