@@ -74,8 +74,8 @@ def _check_probe_plan(space: SearchSpace, record: TrialRecord, caches: dict[str,
         raise ConfigError(f"{where}: probes.report_generation is on but probes.report_decoder=none; name a decoder")
     num_samples = cfg.model.ecg.num_samples
     for name in ("mimic", *plan.datasets):
-        info_file = caches.get(name, Path("/nonexistent")) / "cache.json"
-        if not info_file.is_file():
+        info_file = caches[name] / "cache.json" if name in caches else None
+        if info_file is None or not info_file.is_file():
             continue  # built later (the embedded default) or checked when the sweep opens it
         length = int(json.loads(info_file.read_text()).get("signal", {}).get("length", num_samples))
         if length != num_samples:
