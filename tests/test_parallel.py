@@ -21,6 +21,9 @@ def slow(reader, keys, number):
     return number
 
 if __name__ == "__main__":
+    import signal
+    # as in a terminal: a process started in the background by a non-interactive shell (CI) inherits SIGINT ignored
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         for _ in map_chunks(sys.argv[1], {i: [str(i)] for i in range(40)}, slow, workers=2, progress=False):
             pass
