@@ -10,7 +10,6 @@ import pytest
 
 from deri_sweep.config import ConfigError
 from deri_sweep.orchestration.spaces import SPACES_DIR, define_by_run, load_space
-from deri_sweep.orchestration.sweep import trial_plan
 
 SHIPPED = sorted(SPACES_DIR.glob("*.yaml"))
 
@@ -28,7 +27,7 @@ def test_every_shipped_space_loads_and_says_how_to_launch(path):
         and "deri_sweep.ablate" in path.read_text().split("\n")[1:3][0] + path.read_text()
     )
     if space.search == "grid":
-        plan = trial_plan(space)
+        plan = space.trials()
         assert len(plan) == len(space.grid_points()) * len(space.seeds)
         labels = {p["variant"] for p in plan}
         assert not space.baseline or space.baseline in labels

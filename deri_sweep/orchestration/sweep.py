@@ -209,15 +209,10 @@ def driver_resources(space: SearchSpace) -> dict[str, float]:
     return request
 
 
-def trial_plan(space: SearchSpace) -> list[dict[str, Any]]:
-    """Every trial config of a grid space: configurations x seeds (see :meth:`SearchSpace.trials`)."""
-    return space.trials()
-
-
 def _searcher(space: SearchSpace, run_id: str, optuna_storage: str, stopped_record: Path) -> tuple[Any, int]:
     """The space's searcher and the number of trials to sample."""
     if space.search == "grid":
-        plan = trial_plan(space)
+        plan = space.trials()
         return PlanSearcher(plan), len(plan)
     import optuna
 
