@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from deri_sweep.config import ConfigError, from_dict, parse_override, to_dict
-from deri_sweep.orchestration.spaces import SearchSpace, WorkspaceSpec, load_space
+from deri_sweep.orchestration.spaces import SearchSpace, WorkspaceSpec, load_space, space_file
 from deri_sweep.results import sweep_timing
 
 log = logging.getLogger("deri_sweep.ablate")
@@ -144,13 +144,23 @@ def _load(args: argparse.Namespace) -> SearchSpace:
     return space
 
 
+def _plan(args: argparse.Namespace, space: SearchSpace, caches: dict[str, Path]) -> list:
+    """Every trial resolved and checked against the caches; an error names the space's file."""
+    from deri_sweep.orchestration.dry_run import resolve_plan
+
+    try:
+        return resolve_plan(space, caches)
+    except ConfigError as exc:
+        raise ConfigError(f"{space_file(args.space)}: {exc}") from exc
+
+
 def dry_run(args: argparse.Namespace) -> int:
     """``--dry-run``: print (or ``--json``) every resolved trial; check towers with ``--check-towers``."""
-    from deri_sweep.orchestration.dry_run import check_towers, describe, plan_json, resolve_plan
+    from deri_sweep.orchestration.dry_run import check_towers, describe, plan_json
 
     try:
         space = _load(args)
-        records = resolve_plan(space, _caches(args, space.workspace, build=False))
+        records = _plan(args, space, _caches(args, space.workspace, build=False))
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -190,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     from deri_sweep.data.cache import CacheError
     from deri_sweep.data.readers import DatasetError
     from deri_sweep.io_utils import StorageError, check_writable
-    from deri_sweep.orchestration.dry_run import resolve_plan, tower_warnings, towers_summary
+    from deri_sweep.orchestration.dry_run import tower_warnings, towers_summary
 
     started = time.perf_counter()
     try:
@@ -203,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError("--caches needs mimic=DIR (the pretraining cache)")
         space.base["data.cache"] = str(caches["mimic"])
         space.validate()
-        records = resolve_plan(space, caches)
+        records = _plan(args, space, caches)
         hint = " (--min-free-gb lowers this check)"
         check_writable(run_dir, what="run directory", min_free_gb=args.min_free_gb, hint=hint)
         if args.storage and "://" not in args.storage:

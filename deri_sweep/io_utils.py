@@ -100,6 +100,7 @@ def atomic_writer(path: str | Path, what: str = "file") -> Iterator[BinaryIO]:
     tmp = None
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a cache on a shared folder must be readable
         with os.fdopen(fd, "wb") as fh:
             yield fh
             fh.flush()
@@ -111,6 +112,28 @@ def atomic_writer(path: str | Path, what: str = "file") -> Iterator[BinaryIO]:
         if isinstance(exc, OSError):
             _reraise(storage_error(path, exc, what), exc)
         raise
+
+
+def _umask() -> int:
+    """The process's umask (read by setting and restoring it: there is no getter)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def remove_partial_writes(folder: str | Path) -> int:
+    """Remove the temporary files that :func:`atomic_writer` leaves when its process is killed.
+
+    Only call this while no other process writes into ``folder`` (e.g. under a lock).
+
+    Returns:
+        The number of files removed.
+    """
+    removed = 0
+    for tmp in Path(folder).glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+        removed += 1
+    return removed
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

@@ -17,7 +17,7 @@ def _ramp(n: int = 5000) -> np.ndarray:
 def test_leads_are_mapped_by_name_not_position():
     raw = _ramp()
     out, repaired, degraded = conform(raw, MIMIC_ORDER, 500, SignalOptions(), "x.hea")
-    assert (repaired, degraded) == (0, False)
+    assert (repaired, degraded) == (0, ())
     np.testing.assert_allclose(out[CANONICAL_LEADS.index("aVL")], raw[5], atol=1e-6)
     np.testing.assert_allclose(out[CANONICAL_LEADS.index("aVF")], raw[4], atol=1e-6)
     upper = [n.upper() for n in CANONICAL_LEADS]

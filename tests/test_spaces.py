@@ -168,7 +168,7 @@ def test_dry_run_names_the_variant_and_key_of_a_trial_that_cannot_run(tmp_path, 
     cache.mkdir()
     (cache / "cache.json").write_text(json.dumps({"signal": {"length": 1000}}))
     assert main(["--space", "smoke", "--dry-run", "--set", "model.ecg.num_samples=5000",
-                 "--caches", f"mimic={cache}"]) == 2  # fmt: skip
+                 "--caches", f"mimic={cache}", f"ptbxl={tmp_path / 'ptbxl'}"]) == 2  # fmt: skip
     err = capsys.readouterr().err
     assert "variant 'full'" in err and "model.ecg.num_samples=5000" in err and "1000-sample signals" in err
 

@@ -27,7 +27,7 @@ import torch
 
 from deri_sweep.data.signal import NormMode
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: plausibility checks, warnings.csv, shard checksums
 GAIN_PER_MV = 1000.0  # int16 units per mV in the shards
 
 

@@ -29,7 +29,7 @@ def inspect_chunk(reader: Reader, keys: list[str], number: int) -> list[dict[str
 
     Returns:
         One dict per record: ``id``, ``ok``, ``reason``, ``detail``, ``labels``,
-        ``fs``, ``seconds``, ``repaired``, ``degraded``.
+        ``fs``, ``seconds``, ``repaired``, ``degraded``, ``warnings`` (``[reason, detail]`` pairs).
     """
     out = []
     for key in keys:
@@ -49,6 +49,7 @@ def inspect_chunk(reader: Reader, keys: list[str], number: int) -> list[dict[str
                 "seconds": round(rec.n_samples / rec.fs, 3),
                 "repaired": int(rec.repaired),
                 "degraded": bool(rec.degraded),
+                "warnings": [list(w) for w in rec.warnings],
             }
         )
     return out

@@ -11,15 +11,19 @@ mixed. The layout is described in :mod:`deri_sweep.data.cache`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import fcntl
 import functools
 import hashlib
+import io
 import json
 import logging
 import os
 import shutil
 import sys
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +36,14 @@ from deri_sweep.data.readers import Reader, open_reader
 from deri_sweep.data.record import RecordError
 from deri_sweep.data.signal import SignalOptions
 from deri_sweep.data.splits import default_split, normalise_id, read_split_files
-from deri_sweep.io_utils import StorageError, atomic_write_bytes, atomic_write_text, atomic_writer, check_writable
+from deri_sweep.io_utils import (
+    StorageError,
+    atomic_write_bytes,
+    atomic_write_text,
+    atomic_writer,
+    check_writable,
+    remove_partial_writes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -75,22 +86,45 @@ class PrepareOptions:
     max_skip_fraction: float = 0.05
     progress: bool = True
 
+    def __post_init__(self) -> None:
+        problems = []
+        if self.shard_size < 1:
+            problems.append(f"--shard-size must be >= 1, got {self.shard_size}")
+        if self.workers < 1:
+            problems.append(f"--workers must be >= 1, got {self.workers}")
+        if self.limit < 0:
+            problems.append(f"--limit must be >= 0 (0: all records), got {self.limit}")
+        if not 0.0 <= self.max_skip_fraction <= 1.0:
+            problems.append(f"--max-skip-fraction must lie in [0, 1], got {self.max_skip_fraction}")
+        for name, path in self.split_files:
+            if not Path(path).is_file():
+                problems.append(f"split file {path} not found (--split-files {name}={path})")
+        if problems:
+            raise ValueError("; ".join(problems))
+
 
 def _fingerprint(root: Path, opts: PrepareOptions) -> dict[str, Any]:
     split_hashes = {name: hashlib.sha1(Path(path).read_bytes()).hexdigest() for name, path in opts.split_files}
-    return {
-        "version": CACHE_VERSION,
-        "format": opts.fmt,
-        "root": str(root.resolve()),
-        "signal": dataclasses.asdict(opts.signal),
-        "shard_size": opts.shard_size,
-        "seed": opts.seed,
-        "gain_per_mv": GAIN_PER_MV,
-        "split_files": split_hashes,
-        "split_id_column": opts.split_id_column if opts.split_files else None,
-        "split_task": opts.split_task if opts.split_files else None,
-        "limit": opts.limit,
-    }
+    return _as_json(
+        {
+            "version": CACHE_VERSION,
+            "format": opts.fmt,
+            "root": str(root.resolve()),
+            "signal": dataclasses.asdict(opts.signal),
+            "shard_size": opts.shard_size,
+            "seed": opts.seed,
+            "gain_per_mv": GAIN_PER_MV,
+            "split_files": split_hashes,
+            "split_id_column": opts.split_id_column if opts.split_files else None,
+            "split_task": opts.split_task if opts.split_files else None,
+            "limit": opts.limit,
+        }
+    )
+
+
+def _as_json(value: dict[str, Any]) -> dict[str, Any]:
+    """The value as it reads back from cache.json (tuples become lists), so that the two compare equal."""
+    return json.loads(json.dumps(value))
 
 
 def build_shard(reader: Reader, keys: list[str], number: int, *, shard_dir: Path) -> tuple[int, int, Counter]:
@@ -129,15 +163,23 @@ def build_shard(reader: Reader, keys: list[str], number: int, *, shard_dir: Path
                 "degraded": bool(rec.degraded),
                 "clipped": clipped,
                 "meta": json.dumps(rec.meta, default=str),
+                "warnings": json.dumps([list(w) for w in rec.warnings]),
             }
         )
     length = reader.options.length
     stack = np.stack(signals) if signals else np.zeros((0, 12, length), np.int16)
     stem = shard_dir / f"shard_{number:05d}"
+    digest = hashlib.sha256()
     with atomic_writer(stem.with_suffix(".npy"), "cache shard") as fh:
         # header + raw bytes: file.write reports a full disk as ENOSPC (np.save's tofile does not)
-        np.lib.format.write_array_header_1_0(fh, np.lib.format.header_data_from_array_1_0(stack))
-        fh.write(np.ascontiguousarray(stack).data)
+        header = io.BytesIO()
+        np.lib.format.write_array_header_1_0(header, np.lib.format.header_data_from_array_1_0(stack))
+        payload = np.ascontiguousarray(stack).data
+        for part in (header.getvalue(), payload):
+            fh.write(part)
+            digest.update(part)
+    size = len(header.getvalue()) + payload.nbytes
+    atomic_write_text(stem.with_suffix(".sha256"), json.dumps({"bytes": size, "sha256": digest.hexdigest()}))
     atomic_write_text(
         stem.with_suffix(".skipped.csv"),
         pd.DataFrame(skips, columns=["record_id", "reason", "detail"]).to_csv(index=False),
@@ -152,11 +194,46 @@ def build_shard(reader: Reader, keys: list[str], number: int, *, shard_dir: Path
     return len(rows), len(skips), Counter(s["reason"] for s in skips)
 
 
+LOCK_FILE = ".prepare.lock"
+
+
+@contextlib.contextmanager
+def _build_lock(out: Path) -> Iterator[None]:
+    """Hold ``out``'s build lock: a second ``prepare`` into the same folder is refused, not mixed in.
+
+    The lock is an advisory ``flock`` on ``out/.prepare.lock``; the kernel drops it
+    when the holder dies, so a killed build never leaves a stale lock.
+
+    Raises:
+        CacheError: another process holds the lock.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / LOCK_FILE
+    with path.open("a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "unknown"
+            raise CacheError(
+                f"{out}: another prepare (pid {holder}) is building this cache; wait for it to finish "
+                "(then this command reuses its result) or pass another --out"
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def _check_settings(out: Path, fingerprint: dict[str, Any], overwrite: bool) -> dict[str, Any] | None:
     """Return the existing cache.json when it matches, refuse one that does not."""
     meta = out / "cache.json"
     if not meta.exists():
-        if out.exists() and any(out.iterdir()) and not overwrite:
+        if out.exists() and any(p.name != LOCK_FILE for p in out.iterdir()) and not overwrite:
             raise CacheError(f"{out}: folder exists and is not a deri-sweep cache; choose another --out")
         return None
     info = json.loads(meta.read_text())
@@ -199,7 +276,9 @@ def _finish(out: Path, reader: Reader, opts: PrepareOptions, n_found: int) -> di
         ignore_index=True,
     )
     if index is None:
-        index = pd.DataFrame(columns=["key", "record_id", "subject_id", "labels", "report", "shard", "row", "meta"])
+        index = pd.DataFrame(
+            columns=["key", "record_id", "subject_id", "labels", "report", "shard", "row", "meta", "warnings"]
+        )
     label_sets = {k: tuple(v) for k, v in reader.label_sets.items()}
     meta = [json.loads(m) for m in index["meta"]]
     if "strat_fold" in (meta[0] if meta else {}):
@@ -222,17 +301,24 @@ def _finish(out: Path, reader: Reader, opts: PrepareOptions, n_found: int) -> di
         labels = _label_matrix(index, label_sets)
         if label_sets and len(index):
             keep = labels.to_numpy().any(axis=1)
-            for key in index.loc[~keep, "key"]:
-                filtered.append(
-                    {"record_id": key, "reason": "no_labels", "detail": "no class of " + ", ".join(label_sets)}
-                )
+            for key, meta_text in zip(index.loc[~keep, "key"], index.loc[~keep, "meta"], strict=True):
+                filtered.append({"record_id": key, "reason": "no_labels", "detail": _no_labels(label_sets, meta_text)})
             index, labels = index[keep], labels[keep]
+    warnings = [
+        {"record_id": rid, "reason": reason, "detail": detail}
+        for rid, text in zip(index["record_id"], index["warnings"], strict=True)
+        for reason, detail in json.loads(text)
+    ]
     reports = sorted(set(index["report"].dropna()))
     report_ids = {text: i for i, text in enumerate(reports)}
     index = index.assign(report_id=index["report"].map(report_ids).fillna(-1).astype(np.int64))
-    index = pd.concat([index.drop(columns=["labels", "report", "key"]), labels], axis=1).reset_index(drop=True)
+    index = pd.concat([index.drop(columns=["labels", "report", "key", "warnings"]), labels], axis=1)
+    index = index.reset_index(drop=True)
     skipped = pd.concat([skipped, pd.DataFrame(filtered, columns=["record_id", "reason", "detail"])], ignore_index=True)
     atomic_write_text(out / "skipped.csv", skipped.to_csv(index=False))
+    atomic_write_text(
+        out / "warnings.csv", pd.DataFrame(warnings, columns=["record_id", "reason", "detail"]).to_csv(index=False)
+    )
     atomic_write_bytes(
         out / "reports.parquet",
         pd.DataFrame({"report_id": np.arange(len(reports), dtype=np.int64), "text": reports}).to_parquet(index=False),
@@ -245,6 +331,7 @@ def _finish(out: Path, reader: Reader, opts: PrepareOptions, n_found: int) -> di
         "records_used": len(index),
         "skipped": dict(sorted(reasons.items())),
         "unreadable": unreadable,
+        "warnings": dict(sorted(Counter(w["reason"] for w in warnings).items())),
         "degraded": int(index["degraded"].sum()) if len(index) else 0,
         "repaired_samples": int(index["repaired"].sum()) if len(index) else 0,
         "clipped_samples": int(index["clipped"].sum()) if len(index) else 0,
@@ -252,11 +339,25 @@ def _finish(out: Path, reader: Reader, opts: PrepareOptions, n_found: int) -> di
         "unique_reports": len(reports),
     }
     described = {k: v for k, v in reader.class_descriptions.items() if k in label_sets}
+    shards = {p.name.replace(".sha256", ".npy"): json.loads(p.read_text()) for p in sorted(shard_dir.glob("*.sha256"))}
     return {
         "label_sets": {k: list(v) for k, v in label_sets.items()},
         "class_descriptions": described,
         "summary": summary,
+        "shards": shards,
     }
+
+
+def _no_labels(label_sets: dict[str, tuple[str, ...]], meta_text: str) -> str:
+    """Why a record has no label: the sets it has no class of, and the codes that fall outside them."""
+    meta = json.loads(meta_text)
+    detail = "no class of " + ", ".join(label_sets)
+    codes = meta.get("unmapped_codes") or []
+    if codes:
+        detail += (
+            f"; its codes {', '.join(map(str, codes))} are outside the class list ({meta.get('label_source', '#Dx')})"
+        )
+    return detail
 
 
 def prepare(root: str | Path, out: str | Path, opts: PrepareOptions, *, overwrite: bool = False) -> dict[str, Any]:
@@ -277,19 +378,38 @@ def prepare(root: str | Path, out: str | Path, opts: PrepareOptions, *, overwrit
         TooManySkipped: more than ``opts.max_skip_fraction`` of the records are
             unreadable; ``skipped.csv`` names each one and its reason.
     """
-    root, out = Path(root), Path(out)
+    root, out = Path(root).expanduser(), Path(out).expanduser()
     reader = open_reader(opts.fmt, root, opts.signal)
+    if out.exists() and not out.is_dir():
+        raise CacheError(f"{out}: is a file, not a folder; choose another --out")
+    if out.resolve().is_relative_to(root.resolve()):
+        raise CacheError(
+            f"{out}: the cache folder is inside the dataset root {root}, where readers look for records; "
+            "choose an --out outside it"
+        )
     fingerprint = _fingerprint(root, opts)
     info = _check_settings(out, fingerprint, overwrite)
     if info is not None and info.get("complete"):
         log.info("%s: cache is complete and matches; nothing to do", out)
         return info
     check_writable(out, what="cache")
+    with _build_lock(out):
+        info = _check_settings(out, fingerprint, overwrite)  # another build may have finished meanwhile
+        if info is not None and info.get("complete"):
+            log.info("%s: cache is complete and matches; nothing to do", out)
+            return info
+        return _build(reader, root, out, opts, fingerprint)
+
+
+def _build(reader: Reader, root: Path, out: Path, opts: PrepareOptions, fingerprint: dict[str, Any]) -> dict[str, Any]:
+    """Build or resume the cache (the caller holds the build lock)."""
     keys = reader.keys()
     if opts.limit:
         keys = keys[: opts.limit]
     shard_dir = out / "shards"
     shard_dir.mkdir(parents=True, exist_ok=True)
+    if remove_partial_writes(shard_dir):
+        log.info("%s: removed the partial files of an interrupted build", out)
     atomic_write_text(out / "cache.json", json.dumps({"settings": fingerprint, "complete": False}, indent=2))
     chunks = [keys[i : i + opts.shard_size] for i in range(0, len(keys), opts.shard_size)]
     todo = [n for n in range(len(chunks)) if not (shard_dir / f"shard_{n:05d}.parquet").exists()]
@@ -304,6 +424,13 @@ def prepare(root: str | Path, out: str | Path, opts: PrepareOptions, *, overwrit
     result = _finish(out, reader, opts, len(keys))
     info = {"settings": fingerprint, "complete": True, "signal": dataclasses.asdict(opts.signal), **result}
     summary = result["summary"]
+    if summary["records_used"] == 0:
+        atomic_write_text(out / "cache.json", json.dumps({**info, "complete": False}, indent=2))
+        reasons = ", ".join(f"{r}: {n}" for r, n in summary["skipped"].items()) or "the root lists no record"
+        raise CacheError(
+            f"{root}: no record is usable ({reasons}); each skipped record is named with its reason in "
+            f"{out / 'skipped.csv'}"
+        )
     if len(keys) and summary["unreadable"] > opts.max_skip_fraction * len(keys):
         atomic_write_text(out / "cache.json", json.dumps({**info, "complete": False}, indent=2))
         reasons = ", ".join(f"{r}: {n}" for r, n in summary["skipped"].items() if r not in FILTER_REASONS)
@@ -350,6 +477,31 @@ def main(argv: list[str] | None = None) -> int:
         "--max-nonfinite-fraction", type=float, default=0.5, help="skip a record with more NaN/inf than this"
     )
     parser.add_argument(
+        "--max-dead-leads",
+        type=int,
+        default=2,
+        help="skip a record with more leads than this without any finite sample (fewer: zeroed, a warning)",
+    )
+    parser.add_argument(
+        "--min-seconds", type=float, default=4.0, help="skip source records shorter than this (seconds)"
+    )
+    parser.add_argument(
+        "--source-fs-range",
+        type=float,
+        nargs=2,
+        default=(50.0, 10000.0),
+        metavar=("LOW", "HIGH"),
+        help="sampling rates (Hz) a header may declare; outside: a typo, the record is skipped",
+    )
+    parser.add_argument(
+        "--amplitude-range",
+        type=float,
+        nargs=2,
+        default=(0.05, 30.0),
+        metavar=("LOW", "HIGH"),
+        help="median lead peak-to-peak amplitude (mV) of a plausible record; outside: wrong gain/units, skipped",
+    )
+    parser.add_argument(
         "--max-skip-fraction", type=float, default=0.05, help="stop if more records than this are unreadable"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the random 7:1:2 / 2%%-of-subjects splits")
@@ -364,7 +516,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        signal = SignalOptions(args.fs, args.length, args.window, args.allow_flat_leads, args.max_nonfinite_fraction)
+        signal = SignalOptions(
+            fs=args.fs,
+            length=args.length,
+            window=args.window,
+            allow_flat_leads=args.allow_flat_leads,
+            max_nonfinite_fraction=args.max_nonfinite_fraction,
+            max_dead_leads=args.max_dead_leads,
+            min_seconds=args.min_seconds,
+            source_fs_range=tuple(args.source_fs_range),
+            amplitude_range_mv=tuple(args.amplitude_range),
+        )
         opts = PrepareOptions(
             args.format,
             signal,

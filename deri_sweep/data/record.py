@@ -86,6 +86,8 @@ class Record:
             replaced by zeros (spec section 1).
         meta: extra per-record fields (``strat_fold``, ``age``, ``sex``,
             ``unmapped_codes`` ...), JSON-serialisable values only.
+        warnings: ``(reason, detail)`` pairs of a record that is kept but not
+            clean (e.g. ``dead_leads``); ``prepare`` lists them in ``warnings.csv``.
     """
 
     record_id: str
@@ -98,3 +100,4 @@ class Record:
     repaired: int = 0
     degraded: bool = False
     meta: dict[str, Any] = field(default_factory=dict)
+    warnings: tuple[tuple[str, str], ...] = ()

@@ -39,6 +39,15 @@ class SignalOptions:
         allow_flat_leads: keep records with a constant (disconnected) lead.
         max_nonfinite_fraction: skip a record when more than this fraction of
             its samples are non-finite (NaN/inf), even though it could be repaired.
+        max_dead_leads: skip a record with more leads than this that have no
+            finite sample (fewer are zeroed, and the record is kept with a warning).
+        min_seconds: skip a source record shorter than this (a 2-sample record
+            would otherwise be 4998 samples of padding).
+        source_fs_range: (low, high) Hz; a header rate outside it is a typo (5 Hz
+            for 500 Hz stretches a 10 s record to 1000 s), the record is skipped.
+        amplitude_range_mv: (low, high) mV for the median peak-to-peak amplitude
+            of the live leads; outside it the header's gain or units are wrong
+            (``1000/uV`` makes a signal 1000x too small), the record is skipped.
     """
 
     fs: int = TARGET_FS
@@ -46,12 +55,29 @@ class SignalOptions:
     window: int = TARGET_LEN
     allow_flat_leads: bool = False
     max_nonfinite_fraction: float = 0.5
+    max_dead_leads: int = 2
+    min_seconds: float = 4.0
+    source_fs_range: tuple[float, float] = (50.0, 10000.0)
+    amplitude_range_mv: tuple[float, float] = (0.05, 30.0)
 
     def __post_init__(self) -> None:
         if self.fs <= 0 or self.length <= 0 or self.window <= 0:
             raise ValueError(f"SignalOptions needs positive fs/length/window, got {self}")
         if self.window > self.length:
             raise ValueError(f"SignalOptions.window ({self.window}) exceeds length ({self.length})")
+        if not 0.0 <= self.max_nonfinite_fraction <= 1.0 or not 0 <= self.max_dead_leads <= 12:
+            raise ValueError(
+                f"--max-nonfinite-fraction must lie in [0, 1] and --max-dead-leads in 0..12, got "
+                f"{self.max_nonfinite_fraction} and {self.max_dead_leads}"
+            )
+        if self.min_seconds < 0:
+            raise ValueError(f"--min-seconds must be >= 0, got {self.min_seconds}")
+        for name, (low, high) in (
+            ("--source-fs-range", self.source_fs_range),
+            ("--amplitude-range", self.amplitude_range_mv),
+        ):
+            if not 0 <= low < high:
+                raise ValueError(f"{name} needs 0 <= LOW < HIGH, got {low} {high}")
 
 
 def order_leads(signal: np.ndarray, lead_names: list[str], source: str) -> np.ndarray:
@@ -147,38 +173,71 @@ def fit_length(signal: np.ndarray, window: int, length: int) -> np.ndarray:
 
 def conform(
     signal: np.ndarray, lead_names: list[str], fs: float, options: SignalOptions, source: str
-) -> tuple[np.ndarray, int, bool]:
-    """Run the whole conditioning pipeline on one raw record.
+) -> tuple[np.ndarray, int, tuple[str, ...]]:
+    """Run the whole conditioning pipeline on one raw record, with its plausibility checks.
 
     Args:
         signal: (L, N) raw samples in mV, rows named by ``lead_names``.
         lead_names: lead names from the header.
         fs: sampling rate of ``signal`` in Hz.
-        options: target rate, length and policies.
+        options: target rate, length, policies and plausibility limits.
         source: file name used in error messages.
 
     Returns:
-        ``(signal (12, options.length) float32, repaired samples, degraded)``.
+        ``(signal (12, options.length) float32, repaired samples, dead leads)``;
+        the dead leads (no finite sample, now zeros) make the record *degraded*.
 
     Raises:
-        RecordError: ``missing_leads``, ``empty_signal``, ``nonfinite`` (too many
-            bad samples) or ``flat_lead``.
+        RecordError: ``missing_leads``, ``empty_signal``, ``implausible_rate``,
+            ``too_short``, ``nonfinite`` (too many bad samples), ``dead_leads``
+            (too many leads without a finite sample), ``flat_lead`` or
+            ``implausible_amplitude``.
     """
     x = order_leads(signal, lead_names, source)
     if x.shape[1] == 0:
         raise RecordError("empty_signal", f"{source}: the signal has no samples")
+    low, high = options.source_fs_range
+    if not low <= fs <= high:
+        raise RecordError(
+            "implausible_rate",
+            f"{source}: sampling rate {fs:g} Hz is outside {low:g}-{high:g} Hz (a typo in the header?)",
+        )
+    seconds = x.shape[1] / fs
+    if seconds < options.min_seconds:
+        raise RecordError(
+            "too_short",
+            f"{source}: {x.shape[1]} samples at {fs:g} Hz = {seconds:.1f} s, shorter than the minimum "
+            f"{options.min_seconds:g} s (--min-seconds)",
+        )
     x, n_bad, dead = repair_nonfinite(x)
     if n_bad > options.max_nonfinite_fraction * x.size:
         raise RecordError(
             "nonfinite",
             f"{source}: {n_bad} of {x.size} samples are NaN/inf (limit {options.max_nonfinite_fraction:.0%})",
         )
+    dead_leads = tuple(CANONICAL_LEADS[i] for i in np.flatnonzero(dead))
+    if len(dead_leads) > options.max_dead_leads:
+        raise RecordError(
+            "dead_leads",
+            f"{source}: {len(dead_leads)} of 12 leads have no finite sample ({', '.join(dead_leads)}); "
+            f"limit {options.max_dead_leads} (--max-dead-leads)",
+        )
+    ptp = np.ptp(x, axis=1)
     if not options.allow_flat_leads:
-        flat = [CANONICAL_LEADS[i] for i in np.flatnonzero((np.ptp(x, axis=1) < 1e-6) & ~dead)]
+        flat = [CANONICAL_LEADS[i] for i in np.flatnonzero((ptp < 1e-6) & ~dead)]
         if flat:
             raise RecordError("flat_lead", f"{source}: constant lead(s) {', '.join(flat)} (electrode off?)")
+    live = ptp[~dead & (ptp >= 1e-6)]
+    amplitude = float(np.median(live)) if live.size else 0.0
+    low, high = options.amplitude_range_mv
+    if live.size and not low <= amplitude <= high:
+        raise RecordError(
+            "implausible_amplitude",
+            f"{source}: median peak-to-peak amplitude {amplitude:.3g} mV is outside {low:g}-{high:g} mV "
+            "(wrong gain or units in the header?)",
+        )
     x = resample(x, fs, options.fs)
-    return fit_length(x, options.window, options.length), n_bad, bool(dead.any())
+    return fit_length(x, options.window, options.length), n_bad, dead_leads
 
 
 def normalise(batch: np.ndarray, mode: NormMode) -> np.ndarray:

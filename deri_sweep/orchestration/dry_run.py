@@ -104,6 +104,12 @@ def resolve_plan(space: SearchSpace, caches: dict[str, Path] | None = None) -> l
         ConfigError: naming the variant and the key of a trial that could not run.
     """
     caches = caches or {}
+    unknown = [d for d in space.probes.datasets if caches and d not in caches]
+    if unknown:
+        raise ConfigError(
+            f"probes.datasets: {unknown} have no cache; this run has {sorted(caches)} "
+            "(name a prepared cache with --caches NAME=DIR, or fix the spelling)"
+        )
     planned = space.trials() if space.search == "grid" else [
         {"variant": "optuna", "overrides": {}, "seed": seed} for seed in space.seeds
     ]  # fmt: skip

@@ -388,6 +388,12 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+def space_file(path_or_name: str | Path) -> Path:
+    """The YAML file of a space: the path itself, or ``search_spaces/<name>.yaml`` for a bare name."""
+    path = Path(path_or_name)
+    return SPACES_DIR / f"{path_or_name}.yaml" if not path.suffix and not path.exists() else path
+
+
 def load_space(path_or_name: str | Path) -> SearchSpace:
     """Load and fully validate a space: a YAML path, or a name in ``search_spaces/``.
 
@@ -395,9 +401,7 @@ def load_space(path_or_name: str | Path) -> SearchSpace:
         ConfigError: unreadable file, unknown key, wrong type, empty grid or an
             invalid configuration; the message starts with the file path.
     """
-    path = Path(path_or_name)
-    if not path.suffix and not path.exists():
-        path = SPACES_DIR / f"{path_or_name}.yaml"
+    path = space_file(path_or_name)
     try:
         data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}
     except OSError as exc:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+import pandas as pd
 
 from deri_sweep.data.record import Record, RecordError
 from deri_sweep.data.signal import SignalOptions, conform
@@ -43,8 +44,13 @@ class Reader(ABC):
     def __init__(self, root: str | Path, options: SignalOptions = SignalOptions()) -> None:  # noqa: B008
         self.root = Path(root).expanduser()
         self.options = options
+        if self.root.exists() and not self.root.is_dir():
+            raise DatasetError(f"{self.root}: is a file, not a folder; pass the dataset's root folder")
         if not self.root.is_dir():
             raise DatasetError(f"{self.root}: dataset root not found (format {self.format!r}); {self._download_hint()}")
+        #: keys that are listed but unusable for a reason found in the metadata (duplicate id, bad cell);
+        #: ``read`` raises the stored error, so they are counted and named like any other skip.
+        self._bad: dict[str, RecordError] = {}
 
     @property
     @abstractmethod
@@ -78,6 +84,11 @@ class Reader(ABC):
     def _download_hint(self) -> str:
         return "check the path"
 
+    def _bad_key(self, key: str) -> None:
+        """Raise the stored metadata error of a key that is listed but unusable (no-op for a good key)."""
+        if key in self._bad:
+            raise self._bad[key]
+
     def _require(self, name: str, fix: str) -> Path:
         """Return ``root/name`` or raise a DatasetError naming it and the fix."""
         path = self.root / name
@@ -90,6 +101,41 @@ class Reader(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(root={str(self.root)!r}, options={self.options!r})"
+
+
+def read_table(path: Path, what: str, **kwargs: Any) -> pd.DataFrame:
+    """Read a metadata CSV of a release as strings; a damaged file is a DatasetError naming it.
+
+    Args:
+        path: the CSV file.
+        what: the release it belongs to, for the message (e.g. ``"MIMIC-IV-ECG v1.0"``).
+        **kwargs: further ``pandas.read_csv`` arguments.
+
+    Returns:
+        The table, every cell a string (``""`` for an empty one).
+
+    Raises:
+        DatasetError: the file is empty, not CSV, or not UTF-8 (outside the
+            columns a reader decodes itself).
+    """
+    try:
+        return pd.read_csv(path, **{"dtype": str, "keep_default_na": False, **kwargs})
+    except pd.errors.EmptyDataError:
+        raise DatasetError(f"{path}: the file is empty; download it again from the {what} release") from None
+    except pd.errors.ParserError as exc:
+        raise DatasetError(f"{path}: not a readable CSV file ({exc}); download it again") from None
+    except UnicodeDecodeError as exc:
+        raise DatasetError(
+            f"{path}: byte {exc.start} is not UTF-8 ({exc.reason}); download the file again from the {what} release"
+        ) from None
+
+
+def duplicate_rows(ids: pd.Series) -> dict[str, list[int]]:
+    """Ids that appear on more than one row: id -> the 1-based data row numbers."""
+    rows: dict[str, list[int]] = {}
+    for number, value in enumerate(ids, start=1):
+        rows.setdefault(str(value).strip(), []).append(number)
+    return {k: v for k, v in rows.items() if len(v) > 1}
 
 
 def parse_age(value: Any) -> int | None:
@@ -163,16 +209,22 @@ def conform_record(
     Returns:
         The record, signal (12, options.length) float32.
     """
-    x, repaired, degraded = conform(signal, lead_names, fs, options, source)
+    x, repaired, dead_leads = conform(signal, lead_names, fs, options, source)
     if repaired:
-        log.debug("%s: repaired %d non-finite samples (degraded=%s)", source, repaired, degraded)
+        log.debug("%s: repaired %d non-finite samples (dead leads %s)", source, repaired, dead_leads)
+    warnings = (
+        (("dead_leads", f"{source}: lead(s) {', '.join(dead_leads)} have no finite sample and are zeros"),)
+        if dead_leads
+        else ()
+    )
     return Record(
         record_id=record_id,
         signal=x,
         fs=float(fs),
         n_samples=int(signal.shape[1]),
         repaired=repaired,
-        degraded=degraded,
+        degraded=bool(dead_leads),
+        warnings=warnings,
         **fields,
     )
 
@@ -214,9 +266,11 @@ __all__ = [
     "Reader",
     "RecordError",
     "conform_record",
+    "duplicate_rows",
     "header_meta",
     "parse_age",
     "parse_sex",
+    "read_table",
     "read_wfdb",
     "record_from_header",
     "split_codes",

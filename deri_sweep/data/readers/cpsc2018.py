@@ -97,8 +97,12 @@ class Cpsc2018Reader(Reader):
         return "download CPSC2018 (TrainingSet*.zip + REFERENCE.csv) or the CinC 2020/2021 copy from PhysioNet"
 
     def _load_references(self) -> dict[str, tuple[str, ...]]:
-        """Labels of the original release: record -> classes, from every REFERENCE.csv under the root."""
+        """Labels of the original release: record -> classes, from every REFERENCE.csv under the root.
+
+        Codes outside 1..9 are kept per record (with the file) for the skip message.
+        """
         labels: dict[str, tuple[str, ...]] = {}
+        self._reference_unmapped: dict[str, tuple[list[str], str]] = {}
         for path in sorted(self.root.rglob("REFERENCE.csv")):
             with path.open(newline="", encoding="utf-8-sig") as f:
                 for row in csv.DictReader(f):
@@ -106,8 +110,12 @@ class Cpsc2018Reader(Reader):
                     if not name:
                         continue
                     codes = [(row.get(c) or "").strip() for c in ("First_label", "Second_label", "Third_label")]
-                    found = {REFERENCE_CODES[c.split(".")[0]] for c in codes if c.split(".")[0] in REFERENCE_CODES}
+                    codes = [c.split(".")[0] for c in codes if c]
+                    found = {REFERENCE_CODES[c] for c in codes if c in REFERENCE_CODES}
                     labels[name] = tuple(c for c in CLASSES if c in found)
+                    unmapped = [c for c in codes if c not in REFERENCE_CODES]
+                    if unmapped:
+                        self._reference_unmapped[name] = (unmapped, str(path))
         return labels
 
     @property
@@ -160,12 +168,15 @@ class Cpsc2018Reader(Reader):
         if data.ndim != 2 or data.shape[0] != len(CANONICAL_LEADS):
             raise RecordError("unreadable_mat", f"{path}: ECG.data has shape {data.shape}, expected (12, N)")
         names = entry.dtype.names
+        unmapped, label_file = self._reference_unmapped.get(key, ([], ""))
         meta = {
             "release": "original",
             "age": parse_age(entry["age"]) if "age" in names else None,
             "sex": parse_sex(entry["sex"]) if "sex" in names else None,
-            "unmapped_codes": [],
+            "unmapped_codes": unmapped,
         }
+        if unmapped:
+            meta["label_source"] = label_file
         labels = {"cpsc2018": self._reference[key]} if key in self._reference else {}
         return conform_record(
             data, list(CANONICAL_LEADS), ORIGINAL_FS, self.options, str(path), key, labels=labels, meta=meta

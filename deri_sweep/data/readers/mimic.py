@@ -12,9 +12,7 @@ import logging
 import re
 from pathlib import Path
 
-import pandas as pd
-
-from deri_sweep.data.readers.base import DatasetError, Reader, read_wfdb, unknown_key
+from deri_sweep.data.readers.base import DatasetError, Reader, duplicate_rows, read_table, read_wfdb, unknown_key
 from deri_sweep.data.record import Record, RecordError
 from deri_sweep.data.signal import SignalOptions
 
@@ -26,6 +24,7 @@ N_REPORT_COLUMNS = 18
 
 _STRIP_CHARS = " *=-"
 _WHITESPACE = re.compile(r"[\r\n\t]")
+_SURROGATE = re.compile("[\udc80-\udcff]")
 
 
 def clean_report(statements: list[str]) -> str:
@@ -66,7 +65,7 @@ class MimicReader(Reader):
         fix = "download MIMIC-IV-ECG v1.0 from PhysioNet (credentialed) or pass the right --format"
         record_list = self._require("record_list.csv", fix)
         measurements = self._require("machine_measurements.csv", fix)
-        records = pd.read_csv(record_list, dtype=str, keep_default_na=False)
+        records = read_table(record_list, "MIMIC-IV-ECG v1.0")
         missing = {"subject_id", "study_id", "path"} - set(records.columns)
         if missing:
             raise DatasetError(f"{record_list}: columns {sorted(missing)} missing; is this MIMIC-IV-ECG v1.0?")
@@ -76,8 +75,10 @@ class MimicReader(Reader):
             records["study_id"], records["subject_id"], records["path"], times, strict=True
         ):
             self._records.setdefault(study.strip(), (subject.strip(), path.strip(), time.strip()))
-        if len(self._records) < len(records):
-            log.warning("%s: %d duplicate study_id rows ignored", record_list, len(records) - len(self._records))
+        for study, rows in duplicate_rows(records["study_id"]).items():
+            self._bad[study] = RecordError(
+                "duplicate_id", f"{record_list}: study_id {study} is on data rows {rows}; which one is meant is unclear"
+            )
         self._reports = self._load_reports(measurements)
         self._keys = sorted(self._records)
         log.info("mimic %s: %d studies, %d with a report row", self.root, len(self._keys), len(self._reports))
@@ -85,17 +86,37 @@ class MimicReader(Reader):
     def _download_hint(self) -> str:
         return "download MIMIC-IV-ECG v1.0 from PhysioNet (credentialed access) and pass its folder"
 
-    @staticmethod
-    def _load_reports(path: Path) -> dict[str, str]:
-        """Clean every study's statements once: study_id -> report."""
-        head = pd.read_csv(path, nrows=0).columns
+    def _load_reports(self, path: Path) -> dict[str, str]:
+        """Clean every study's statements once: study_id -> report.
+
+        A row whose statements are not valid UTF-8, or a study with two different
+        rows, makes that study a ``bad_report`` skip naming the file and row.
+        """
+        head = read_table(path, "MIMIC-IV-ECG v1.0", nrows=0).columns
         columns = [c for c in (f"report_{i}" for i in range(N_REPORT_COLUMNS)) if c in head]
         if "study_id" not in head or not columns:
             raise DatasetError(f"{path}: needs study_id and report_0..report_17 columns; is this MIMIC-IV-ECG v1.0?")
-        table = pd.read_csv(path, usecols=["study_id", *columns], dtype=str, keep_default_na=False)
+        # undecodable bytes become lone surrogates, so one bad row is named instead of failing the whole file
+        table = read_table(
+            path, "MIMIC-IV-ECG v1.0", usecols=["study_id", *columns], encoding_errors="surrogateescape", dtype=object
+        )
         reports: dict[str, str] = {}
-        for study, *statements in zip(table["study_id"], *(table[c] for c in columns), strict=True):
-            reports.setdefault(study.strip(), clean_report(statements))
+        for number, (study, *statements) in enumerate(
+            zip(table["study_id"], *(table[c] for c in columns), strict=True), start=1
+        ):
+            study = study.strip()
+            bad = [c for c, text in zip(columns, statements, strict=True) if _SURROGATE.search(text)]
+            if bad:
+                self._bad.setdefault(
+                    study, RecordError("bad_report", f"{path}: data row {number} ({', '.join(bad)}) is not valid UTF-8")
+                )
+                continue
+            report = clean_report(statements)
+            if reports.setdefault(study, report) != report:
+                self._bad.setdefault(
+                    study,
+                    RecordError("bad_report", f"{path}: study_id {study} has two different rows (data row {number})"),
+                )
         return reports
 
     @property
@@ -125,6 +146,7 @@ class MimicReader(Reader):
         """
         if key not in self._records:
             raise unknown_key(self, key)
+        self._bad_key(key)
         subject, rel_path, ecg_time = self._records[key]
         report = self._reports.get(key)
         if report is None:

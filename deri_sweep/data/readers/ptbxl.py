@@ -14,9 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import pandas as pd
-
-from deri_sweep.data.readers.base import DatasetError, Reader, parse_age, read_wfdb, unknown_key
+from deri_sweep.data.readers.base import DatasetError, Reader, parse_age, read_table, read_wfdb, unknown_key
 from deri_sweep.data.readers.mimic import clean_report
 from deri_sweep.data.record import Record, RecordError
 from deri_sweep.data.signal import SignalOptions
@@ -113,7 +111,7 @@ class PtbxlReader(Reader):
 
     @staticmethod
     def _load_statements(path: Path) -> dict[str, _Statement]:
-        table = pd.read_csv(path, index_col=0, dtype=str, keep_default_na=False)
+        table = read_table(path, "PTB-XL v1.0.3", index_col=0)
         needed = {"diagnostic", "form", "rhythm", "diagnostic_class", "diagnostic_subclass", "description"}
         if needed - set(table.columns):
             raise DatasetError(f"{path}: columns {sorted(needed - set(table.columns))} missing; is this PTB-XL?")
@@ -129,18 +127,25 @@ class PtbxlReader(Reader):
             for code, r in table.iterrows()
         }
 
-    @staticmethod
-    def _load_database(path: Path) -> dict[str, _Row]:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    def _load_database(self, path: Path) -> dict[str, _Row]:
+        """Rows of ptbxl_database.csv by 5-digit ecg id; a bad id cell or a repeated id is a named skip."""
+        table = read_table(path, "PTB-XL v1.0.3")
         needed = {"ecg_id", "patient_id", "age", "sex", "report", "scp_codes", "strat_fold", "filename_lr"}
         if needed - set(table.columns):
             raise DatasetError(f"{path}: columns {sorted(needed - set(table.columns))} missing; is this PTB-XL?")
         hr = table["filename_hr"] if "filename_hr" in table.columns else [""] * len(table)
         rows: dict[str, _Row] = {}
-        for r, filename_hr in zip(table.itertuples(index=False), hr, strict=True):
+        numbers: dict[str, list[int]] = {}
+        for number, (r, filename_hr) in enumerate(zip(table.itertuples(index=False), hr, strict=True), start=1):
             ecg_id = _int_or_none(r.ecg_id)
-            if ecg_id is None:
-                raise DatasetError(f"{path}: ecg_id {r.ecg_id!r} is not a number")
+            if ecg_id is None or ecg_id < 0:
+                key = r.ecg_id.strip() or f"row{number}"
+                self._bad[key] = RecordError(
+                    "bad_metadata", f"{path}: data row {number}: ecg_id {r.ecg_id!r} is not a number"
+                )
+                rows[key] = _Row("", None, None, "", "", None, "", "")
+                continue
+            numbers.setdefault(f"{ecg_id:05d}", []).append(number)
             patient = _int_or_none(r.patient_id)
             rows[f"{ecg_id:05d}"] = _Row(
                 patient_id=str(patient) if patient is not None else "",
@@ -152,6 +157,11 @@ class PtbxlReader(Reader):
                 filename_lr=r.filename_lr.strip(),
                 filename_hr=filename_hr.strip(),
             )
+        for key, found in numbers.items():
+            if len(found) > 1:
+                self._bad[key] = RecordError(
+                    "duplicate_id", f"{path}: ecg_id {int(key)} is on data rows {found}; which one is meant is unclear"
+                )
         return rows
 
     @property
@@ -191,9 +201,15 @@ class PtbxlReader(Reader):
         try:
             codes = ast.literal_eval(row.scp_codes) if row.scp_codes.strip() else {}
             if not isinstance(codes, dict):
-                raise ValueError("not a dict")
-        except (ValueError, SyntaxError) as exc:
-            raise RecordError("bad_labels", f"ecg_id {key}: scp_codes {row.scp_codes!r} is malformed ({exc})") from None
+                raise ValueError("not a dict literal")
+            likelihoods = {str(k): float(v) for k, v in codes.items()}
+        except (ValueError, SyntaxError, TypeError) as exc:
+            reason = str(exc).split(":")[0] if "malformed node" in str(exc) else exc
+            raise RecordError(
+                "bad_labels",
+                f"{self.root / 'ptbxl_database.csv'}: ecg_id {key}: scp_codes {row.scp_codes!r} is not a dict of "
+                f"code -> likelihood ({reason})",
+            ) from None
         found: dict[str, set[str]] = {name: set() for name in LABEL_SETS}
         unmapped: list[str] = []
         for code in codes:
@@ -209,7 +225,7 @@ class PtbxlReader(Reader):
             if s.rhythm:
                 found["rhythm"].add(str(code))
         labels = {name: tuple(c for c in self._label_sets[name] if c in found[name]) for name in LABEL_SETS}
-        return labels, {str(k): float(v) for k, v in codes.items()}, unmapped
+        return labels, likelihoods, unmapped
 
     def _header_path(self, row: _Row, key: str) -> Path:
         order = [row.filename_hr, row.filename_lr] if self.prefer == "hr" else [row.filename_lr, row.filename_hr]
@@ -231,7 +247,13 @@ class PtbxlReader(Reader):
         """
         if key not in self._rows:
             raise unknown_key(self, key)
+        self._bad_key(key)
         row = self._rows[key]
+        if row.strat_fold not in range(1, 11):
+            raise RecordError(
+                "bad_metadata",
+                f"{self.root / 'ptbxl_database.csv'}: ecg_id {key}: strat_fold {row.strat_fold} is not in 1..10",
+            )
         labels, codes, unmapped = self.labels(key)
         meta = {"strat_fold": row.strat_fold, "age": row.age, "sex": row.sex, "scp_codes": codes}
         if unmapped:
