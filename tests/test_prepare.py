@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pandas as pd
@@ -174,3 +179,84 @@ def test_cli_and_inspect_json(synth_root, tmp_path):
         text=True,
     )
     assert bad.returncode == 2 and "nope" in bad.stderr and "not found" in bad.stderr
+
+
+def _prepare_cli(root, out, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "deri_sweep.data.prepare", str(root), "--format", "ptbxl", "--out", str(out),
+            "--shard-size", "8", "--quiet", *extra]  # fmt: skip
+
+
+def _wait_for_shards(out, n: int, child: subprocess.Popen, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while len(list((out / "shards").glob("shard_*.parquet"))) < n:
+        assert child.poll() is None, child.communicate()
+        assert time.monotonic() < deadline, "no shard appeared"
+        time.sleep(0.05)
+
+
+def test_interrupted_then_killed_builds_resume_to_the_uninterrupted_cache(synth_root, tmp_path):
+    root = synth_root / "ptb-xl"
+    reference = tmp_path / "reference"
+    assert subprocess.run(_prepare_cli(root, reference, "--workers", "1"), check=False).returncode == 0
+    out = tmp_path / "interrupted"
+    # the child must see SIGINT as a terminal sends it, even when this test runs in a background job (CI)
+    as_terminal = {"preexec_fn": lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), "stderr": subprocess.PIPE}
+    child = subprocess.Popen(_prepare_cli(root, out, "--workers", "2"), text=True, **as_terminal)
+    _wait_for_shards(out, 2, child)
+    child.send_signal(signal.SIGINT)
+    _, err = child.communicate(timeout=60)
+    assert child.returncode == 130 and "run the same command to resume" in err and "Traceback" not in err, err
+    built = len(list((out / "shards").glob("shard_*.parquet")))
+    assert built < 20  # stopped early: the 160 records make 20 shards
+    child = subprocess.Popen(_prepare_cli(root, out, "--workers", "2"), text=True, **as_terminal)
+    _wait_for_shards(out, built + 2, child)
+    child.kill()  # SIGKILL: no clean-up at all, a shard may be half-written
+    child.communicate(timeout=60)  # returns only once the pool workers are gone too (they hold the pipe)
+    assert not json.loads((out / "cache.json").read_text())["complete"]
+    with pytest.raises(CacheError, match="did not finish"):
+        SignalCache.open(out)
+    assert subprocess.run(_prepare_cli(root, out, "--workers", "2"), check=False).returncode == 0
+    ours, theirs = (json.loads((d / "cache.json").read_text()) for d in (out, reference))
+    assert len(ours["shards"]) == 20 and ours["shards"] == theirs["shards"]  # byte-identical signal shards
+    for name in ("index.parquet", "reports.parquet"):
+        pd.testing.assert_frame_equal(pd.read_parquet(out / name), pd.read_parquet(reference / name))
+    assert (out / "skipped.csv").read_text() == (reference / "skipped.csv").read_text()
+    assert not list(out.rglob("*.tmp"))  # the killed build's partial files are gone
+    for name, entry in ours["shards"].items():
+        data = (out / "shards" / name).read_bytes()
+        assert len(data) == entry["bytes"] and hashlib.sha256(data).hexdigest() == entry["sha256"]
+
+
+def test_two_prepares_into_one_folder_never_mix(synth_root, tmp_path):
+    root = synth_root / "ptb-xl"
+    out = tmp_path / "shared"
+    runs = [subprocess.Popen(_prepare_cli(root, out, "--workers", "1"), stderr=subprocess.PIPE, text=True)
+            for _ in range(2)]  # fmt: skip
+    results = [(run.wait(timeout=300), run.communicate()[1]) for run in runs]
+    codes = sorted(code for code, _ in results)
+    assert codes in ([0, 0], [0, 2]), results
+    refused = [err for code, err in results if code == 2]
+    assert all("another prepare" in err and "--out" in err for err in refused), refused
+    reference = tmp_path / "reference"
+    prepare(root, reference, PrepareOptions("ptbxl", shard_size=8, progress=False))
+    ours, theirs = (json.loads((d / "cache.json").read_text()) for d in (out, reference))
+    assert ours["complete"] and ours["shards"] == theirs["shards"]
+    # while one build holds the folder, another is refused at once, naming the holder
+    with open(out / ".prepare.lock", "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        held.seek(0)
+        held.truncate()
+        held.write("4242")
+        held.flush()
+        with pytest.raises(CacheError, match=r"another prepare \(pid 4242\)"):
+            prepare(root, out, PrepareOptions("ptbxl", shard_size=4, progress=False), overwrite=True)
+
+
+def test_cache_files_honour_the_umask(synth_root, tmp_path):
+    old = os.umask(0o022)
+    try:
+        prepare(synth_root / "cpsc2018", tmp_path / "c", PrepareOptions("cpsc2018", shard_size=64, progress=False))
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "c").rglob("*") if p.is_file()}
+    assert modes and set(modes.values()) == {0o644}, modes  # readable by the cluster's other users

@@ -7,7 +7,11 @@ chunks are cancelled and only those already running finish.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import os
 import signal
+import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any, TypeVar
@@ -16,13 +20,31 @@ from tqdm import tqdm
 
 R = TypeVar("R")
 _READER: Any = None
+_PR_SET_PDEATHSIG = 1
 
 
-def _init_worker(reader: Any) -> None:
+def _die_with_parent(parent: int) -> None:
+    """Ask Linux to SIGKILL this worker when its parent dies (a SIGKILLed ``prepare`` leaves no orphans).
+
+    An orphaned pool worker would wait for work forever, holding the build lock and the
+    parent's output pipes. Elsewhere (no ``prctl``) this does nothing.
+    """
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the request was made
+        os._exit(1)
+
+
+def _init_worker(reader: Any, parent: int) -> None:
     global _READER
     _READER = reader
     # Ctrl-C goes to the whole process group: the parent stops the pool, a worker must not die mid-shard
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform == "linux":
+        _die_with_parent(parent)
 
 
 def _call(fn: Callable[..., Any], keys: list[str], number: int) -> Any:
@@ -63,7 +85,7 @@ def map_chunks(
                 bar.update(len(keys))
                 yield number, result
             return
-        pool = ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=(reader,))
+        pool = ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=(reader, os.getpid()))
         try:
             futures = {pool.submit(_call, fn, keys, number): number for number, keys in chunks.items()}
             for future in as_completed(futures):

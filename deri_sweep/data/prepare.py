@@ -241,7 +241,9 @@ def _check_settings(out: Path, fingerprint: dict[str, Any], overwrite: bool) -> 
         return info
     if overwrite:
         log.warning("%s: removing a cache built with other settings (--overwrite)", out)
-        shutil.rmtree(out)
+        for path in out.iterdir():  # all but the lock this process holds (a new lock file would be a second lock)
+            if path.name != LOCK_FILE:
+                shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
         return None
     old = info.get("settings", {})
     diff = "; ".join(f"{k}: {old.get(k)!r} -> {v!r}" for k, v in fingerprint.items() if old.get(k) != v)
@@ -388,13 +390,15 @@ def prepare(root: str | Path, out: str | Path, opts: PrepareOptions, *, overwrit
             "choose an --out outside it"
         )
     fingerprint = _fingerprint(root, opts)
-    info = _check_settings(out, fingerprint, overwrite)
-    if info is not None and info.get("complete"):
-        log.info("%s: cache is complete and matches; nothing to do", out)
-        return info
+    meta = out / "cache.json"
+    if meta.is_file() and json.loads(meta.read_text()).get("settings") == fingerprint:
+        info = json.loads(meta.read_text())
+        if info.get("complete"):
+            log.info("%s: cache is complete and matches; nothing to do", out)
+            return info
     check_writable(out, what="cache")
-    with _build_lock(out):
-        info = _check_settings(out, fingerprint, overwrite)  # another build may have finished meanwhile
+    with _build_lock(out):  # every check that may change the folder runs under the lock
+        info = _check_settings(out, fingerprint, overwrite)
         if info is not None and info.get("complete"):
             log.info("%s: cache is complete and matches; nothing to do", out)
             return info
@@ -544,6 +548,12 @@ def main(argv: list[str] | None = None) -> int:
     except (DatasetError, CacheError, TooManySkipped, StorageError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        done = len(list((args.out / "shards").glob("shard_*.parquet"))) if (args.out / "shards").is_dir() else 0
+        print(
+            f"interrupted: {done} shard(s) in {args.out} are complete; run the same command to resume", file=sys.stderr
+        )
+        return 130
     print(json.dumps(info["summary"], indent=2))
     return 0
 
