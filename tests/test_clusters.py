@@ -405,3 +405,34 @@ def test_rayjob_pins_ray_and_the_project(rayjob):
     packages = runtime_env["pip"]["packages"]
     assert any(re.fullmatch(rf"deri-sweep @ \S+/v{re.escape(version)}\.zip", p) for p in packages), packages
     assert any(re.fullmatch(r"torch==\d+\.\d+\.\d+", p) for p in packages), packages
+
+
+#: Env that KubeRay sets itself with ``gcsFaultToleranceOptions`` (its validation rejects the first three by hand).
+KUBERAY_SETS_WITH_GCS_FT = {"RAY_REDIS_ADDRESS", "REDIS_PASSWORD", "REDIS_USERNAME", "RAY_external_storage_namespace"}
+
+
+def test_rayjob_gcs_is_fault_tolerant_with_an_external_redis(rayjob):
+    """The head's GCS keeps its tables in Redis (KubeRay ``gcsFaultToleranceOptions``); the password is a Secret."""
+    spec = rayjob["spec"]["rayClusterSpec"]
+    assert "gcsFaultToleranceOptions" in spec, "enable GCS fault tolerance (KubeRay gcsFaultToleranceOptions)"
+    options = spec["gcsFaultToleranceOptions"]
+    assert set(options) <= {"redisAddress", "redisPassword", "redisUsername", "externalStorageNamespace"}, options
+    host, _, port = options["redisAddress"].rpartition(":")
+    assert host and port.isdigit(), f"redisAddress must be HOST:PORT, not {options['redisAddress']!r}"
+    password = options["redisPassword"]
+    assert set(password) == {"valueFrom"}, "the Redis password comes from a Secret, never a literal value"
+    ref = password["valueFrom"]["secretKeyRef"]
+    assert ref["name"] and ref["key"], ref
+    # the namespace defaults to the RayCluster's UID: one set of keys per cluster in a shared Redis
+    assert "externalStorageNamespace" not in options, "leave externalStorageNamespace to KubeRay (the cluster UID)"
+    # KubeRay rejects a RayJob that also sets these itself (ValidateRayClusterSpec)
+    head = spec["headGroupSpec"]
+    assert not {"redis-password", "redis-username"} & set(head["rayStartParams"]), head["rayStartParams"]
+    for name, container in _containers(rayjob):
+        names = {e["name"] for e in container.get("env", [])}
+        assert not names & KUBERAY_SETS_WITH_GCS_FT, f"{name}: KubeRay sets {names & KUBERAY_SETS_WITH_GCS_FT}"
+    annotations = rayjob["metadata"].get("annotations", {})
+    assert not {"ray.io/ft-enabled", "ray.io/external-storage-namespace"} & set(annotations), annotations
+    # the header says how to create the Secret the password is read from
+    creates = [" ".join(t) for t in _commented_commands(CLUSTERS / "kuberay-rayjob.yaml", "kubectl create secret")]
+    assert any(ref["name"] in c and f"--from-literal={ref['key']}=" in c for c in creates), "document the Redis Secret"
