@@ -9,8 +9,10 @@ cause and the fix, instead of a bare ``OSError`` from deep inside a sweep.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,6 +27,14 @@ _FIXES = {
     errno.EPERM: "permission denied: choose a folder you can write to, or fix its permissions",
     errno.ENOTDIR: "a file stands where a folder is needed: choose another path",
 }
+
+
+class LockHeld(RuntimeError):
+    """Another process holds a :func:`file_lock`; ``holder`` is its ``host:pid``."""
+
+    def __init__(self, path: Path, holder: str) -> None:
+        super().__init__(f"{path}: held by {holder}")
+        self.path, self.holder = path, holder
 
 
 class StorageError(OSError):
@@ -145,3 +155,38 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write UTF-8 ``text`` to ``path`` atomically (see :func:`atomic_write_bytes`)."""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+@contextmanager
+def file_lock(path: str | Path, *, wait: bool = False) -> Iterator[None]:
+    """Hold an advisory ``flock`` on ``path`` (created if absent) for the block.
+
+    The kernel drops the lock when its holder dies, so a killed process never
+    leaves a stale lock. The file holds the holder's ``host:pid`` for messages.
+
+    Args:
+        path: the lock file.
+        wait: block until the lock is free instead of raising.
+
+    Raises:
+        LockHeld: ``wait`` is false and another process holds the lock.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "unknown"
+            if not wait:
+                raise LockHeld(path, holder) from None
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{socket.gethostname()}:{os.getpid()}")
+        fh.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

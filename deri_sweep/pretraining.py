@@ -55,6 +55,8 @@ class WorkerInfo:
         resource_per_worker: GPUs (or CPUs when ``resource_kind`` is ``cpu``)
             held by each worker, for compute-hour accounting.
         resource_kind: ``gpu`` or ``cpu``.
+        scratch: where temporary checkpoint copies are written (under Ray, the
+            session's temp dir); the system temp dir when ``None``.
     """
 
     rank: int = 0
@@ -62,6 +64,7 @@ class WorkerInfo:
     device: torch.device = dataclasses.field(default_factory=lambda: torch.device("cpu"))
     resource_per_worker: float = 1.0
     resource_kind: str = "cpu"
+    scratch: Path | None = None
 
 
 def _barrier() -> None:
@@ -85,7 +88,6 @@ def prepare_text(cfg: TrainConfig, worker: WorkerInfo) -> tuple[TextSource, Text
         return TextSource(texts), tower, tower.hidden_size
     target = feature_dir(cache_dir, cfg.model.text)
     if worker.rank == 0 and not (target / "meta.json").exists():
-        log.info("computing text features of %d unique reports into %s", len(texts), target)
         build_text_features(cache_dir, TextTower(cfg.model.text), device=worker.device, progress=False)
     _barrier()
     store = TextFeatureStore.open(cache_dir, cfg.model.text)
@@ -167,7 +169,8 @@ def run_worker(
         The metrics of the last epoch.
     """
     device = worker.device
-    remove_stale_checkpoint_dirs()
+    scratch = worker.scratch or Path(tempfile.gettempdir())
+    remove_stale_checkpoint_dirs(scratch)
     cache = SignalCache.open(cfg.data.cache)
     text_started = time.perf_counter()
     text, tower, hidden = prepare_text(cfg, worker)
@@ -251,7 +254,7 @@ def run_worker(
             "text_features_s": text_seconds,
         }
         if worker.rank == 0:
-            with tempfile.TemporaryDirectory(prefix=f"{CKPT_TMP_PREFIX}{os.getpid()}-") as tmp:
+            with tempfile.TemporaryDirectory(prefix=f"{CKPT_TMP_PREFIX}{os.getpid()}-", dir=scratch) as tmp:
                 state = {
                     "model": _trainable_state(unwrap(model), tower is not None),
                     "optimizer": optimizer.state_dict(),

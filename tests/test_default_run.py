@@ -84,3 +84,13 @@ def test_the_run_says_where_its_time_went(default_run):
     assert meta["towers"] == {"text": ["embedded"], "joint_report_decoder": [], "probe_report_decoder": "none",
                               "local_towers": False}  # fmt: skip
     assert "time (s; trial_* summed over trials): data" in run.stdout and "3 trials (0 failed)" in run.stdout
+
+
+def test_three_concurrent_trials_share_one_text_feature_build(default_run):
+    run_dir, run = default_run
+    output = run.stdout + run.stderr
+    builds = [line for line in output.splitlines() if "computing text features of" in line]
+    assert len(builds) == 1, builds  # the sweep's one build task; no trial ran the tower
+    assert "text features ready once for every trial" in output
+    meta = json.loads((run_dir / "sweep.json").read_text())
+    assert meta["timing"]["text_features_s"] > 0 and meta["timing"]["trials"] == 3

@@ -6,7 +6,8 @@ that run the Train workers and the probe tasks. Nodes are killed without grace,
 as a lost spot instance would be, and a fresh node joins in their place.
 
 1. A worker node dies mid-trial: the trial resumes from its checkpoint and ends
-   with the same metrics as an uninterrupted run.
+   with the same metrics as an uninterrupted run, and no temporary checkpoint copy
+   (of the killed worker, or one left by an earlier dead worker) survives the sweep.
 2. A trial's checkpoint is corrupt when its workers restart: a clear error, the
    trial is recorded as failed, the sweep goes on.
 3. A Tune + ASHA + Optuna (TPE, SQLite) sweep prunes a trial, and its driver is
@@ -133,9 +134,20 @@ def reference(short_caches, tmp_path_factory):
 
 
 def test_node_death_resumes_and_a_corrupt_checkpoint_fails_only_its_trial(cluster, short_caches, reference, tmp_path):
+    import subprocess
+    import sys
+
+    from deri_sweep.pretraining import CKPT_TMP_PREFIX
+
     space, run_dir = tmp_path / "grid.yaml", tmp_path / "run"
     space.write_text(GRID_SPACE)
     train = run_dir / "train"
+    # the nodes' scratch: the Ray session's temp folder, where an earlier worker that was killed left its copy
+    scratch = Path(cluster.head_node.get_session_dir_path())
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    left_over = scratch / f"{CKPT_TMP_PREFIX}{int(dead.stdout)}-earlier"
+    (left_over / "checkpoint").mkdir(parents=True)
+    (left_over / "checkpoint" / "state.pt").write_bytes(b"x" * 100_000)
     log = tmp_path / "ablate.log"
     driver = start_ablate(_args(space, run_dir, cluster, short_caches), tmp_path, log)
     try:  # Cluster changes its nodes from the main thread only: the sweep runs in the background
@@ -152,6 +164,7 @@ def test_node_death_resumes_and_a_corrupt_checkpoint_fails_only_its_trial(cluste
         driver.kill()
     output = log.read_text()
     assert "2 trials (1 failed)" in output and "failed: " in output
+    assert not list(scratch.glob(f"{CKPT_TMP_PREFIX}*")), list(scratch.iterdir())  # nothing left on the node disks
 
     trials = pd.read_parquet(run_dir / "trials.parquet").set_index("seed")
     assert trials.loc[42, "state"] == "FAILED"

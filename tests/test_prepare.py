@@ -246,9 +246,9 @@ def test_two_prepares_into_one_folder_never_mix(synth_root, tmp_path):
         fcntl.flock(held, fcntl.LOCK_EX)
         held.seek(0)
         held.truncate()
-        held.write("4242")
+        held.write("node-7:4242")
         held.flush()
-        with pytest.raises(CacheError, match=r"another prepare \(pid 4242\)"):
+        with pytest.raises(CacheError, match=r"another prepare \(node-7:4242\)"):
             prepare(root, out, PrepareOptions("ptbxl", shard_size=4, progress=False), overwrite=True)
 
 

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -79,7 +84,7 @@ def test_writes_once_then_reuses(tower: TextTower, cache_dir: Path) -> None:
     assert pooled.dtype == tokens.dtype == np.float16 and pooled.shape == (5, 384)
     assert offsets.tolist() == np.concatenate([[0], np.cumsum(lengths)]).tolist()
     assert tokens.shape == (sum(lengths), 384)
-    assert [p.name for p in out.parent.iterdir()] == [out.name]  # no temporary folders left
+    assert sorted(p.name for p in out.parent.iterdir()) == [f".{out.name}.lock", out.name]  # no temporary folders
 
 
 def test_changed_reports_are_recomputed(tower: TextTower, cache_dir: Path) -> None:
@@ -138,3 +143,63 @@ def test_caching_applies_only_to_frozen_towers(tower: TextTower, cache_dir: Path
 def test_slugs() -> None:
     assert feature_slug(TextConfig(name="ncbi/MedCPT-Query-Encoder")) == "ncbi--MedCPT-Query-Encoder-len256-pooler"
     assert feature_slug(TextConfig(max_length=64, pooling="cls")) == "embedded-len64-cls"
+
+
+BUILDER = """
+import logging, sys
+from deri_sweep.model.config import TextConfig
+from deri_sweep.model.text_cache import build_text_features
+from deri_sweep.model.text_tower import TextTower
+
+logging.basicConfig(level=logging.INFO, format="%(message)s")
+__import__("torch").set_num_threads(1)
+build_text_features(sys.argv[1], TextTower(TextConfig()), batch_size=1, progress=False)
+"""
+
+
+def _builder(cache_dir: Path, log: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", BUILDER, str(cache_dir)], stderr=log.open("w"))
+
+
+def _wait(condition, what: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def test_a_builder_killed_mid_way_leaves_nothing_finished_and_a_waiting_builder_rebuilds(
+    tower: TextTower, cache_dir: Path, tmp_path: Path
+) -> None:
+    """Two builders of one folder (two sweeps): the second waits on the lock; the first is killed mid-build."""
+    texts = [f"{REPORTS[i % 5]} heart rate {i} bpm." for i in range(60)]
+    pd.DataFrame({"report_id": np.arange(60), "text": texts}).to_parquet(cache_dir / "reports.parquet")
+    out = feature_dir(cache_dir, tower.cfg)
+    first = _builder(cache_dir, tmp_path / "first.log")
+    try:
+        _wait(lambda: list(out.parent.glob(f".{out.name}.tmp-*/offsets.npy")), "the first build to start")
+        os.kill(first.pid, signal.SIGSTOP)  # frozen mid-build, holding the lock
+        partial = next(out.parent.glob(f".{out.name}.tmp-*"))
+        second = _builder(cache_dir, tmp_path / "second.log")
+        _wait(lambda: "waiting for" in (tmp_path / "second.log").read_text(), "the second builder to wait")
+        assert not out.exists() and second.poll() is None  # nothing looks finished; the second really waits
+        with pytest.raises(FileNotFoundError, match="no finished text features"):
+            TextFeatureStore(out)
+        os.kill(first.pid, signal.SIGKILL)
+        assert second.wait(timeout=120) == 0, (tmp_path / "second.log").read_text()
+    finally:
+        first.kill()
+    first.wait()
+    log = (tmp_path / "second.log").read_text()
+    assert "removing an unfinished text-feature build" in log and log.count("computing text features") == 1
+    assert not partial.exists() and sorted(p.name for p in out.parent.iterdir()) == [f".{out.name}.lock", out.name]
+    # the rebuilt folder is complete and holds what an uninterrupted build computes
+    store = TextFeatureStore.open(cache_dir, tower.cfg)
+    assert store.meta["done"] and len(store) == 60
+    reference_dir = tmp_path / "reference"
+    reference_dir.mkdir()
+    pd.DataFrame({"report_id": np.arange(60), "text": texts}).to_parquet(reference_dir / "reports.parquet")
+    reference = TextFeatureStore(build_text_features(reference_dir, tower, batch_size=1, progress=False))
+    assert np.array_equal(store.offsets, reference.offsets)
+    np.testing.assert_allclose(store.pooled, reference.pooled, atol=2e-3)
+    np.testing.assert_allclose(store.tokens, reference.tokens, atol=5e-3)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import fcntl
 import functools
 import hashlib
 import io
@@ -37,11 +36,13 @@ from deri_sweep.data.record import RecordError
 from deri_sweep.data.signal import SignalOptions
 from deri_sweep.data.splits import default_split, normalise_id, read_split_files
 from deri_sweep.io_utils import (
+    LockHeld,
     StorageError,
     atomic_write_bytes,
     atomic_write_text,
     atomic_writer,
     check_writable,
+    file_lock,
     remove_partial_writes,
 )
 
@@ -201,32 +202,20 @@ LOCK_FILE = ".prepare.lock"
 def _build_lock(out: Path) -> Iterator[None]:
     """Hold ``out``'s build lock: a second ``prepare`` into the same folder is refused, not mixed in.
 
-    The lock is an advisory ``flock`` on ``out/.prepare.lock``; the kernel drops it
-    when the holder dies, so a killed build never leaves a stale lock.
+    The lock is an advisory ``flock`` on ``out/.prepare.lock`` (:func:`file_lock`); the
+    kernel drops it when the holder dies, so a killed build never leaves a stale lock.
 
     Raises:
         CacheError: another process holds the lock.
     """
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / LOCK_FILE
-    with path.open("a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0)
-            holder = fh.read().strip() or "unknown"
-            raise CacheError(
-                f"{out}: another prepare (pid {holder}) is building this cache; wait for it to finish "
-                "(then this command reuses its result) or pass another --out"
-            ) from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(str(os.getpid()))
-        fh.flush()
-        try:
+    try:
+        with file_lock(out / LOCK_FILE):
             yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    except LockHeld as held:
+        raise CacheError(
+            f"{out}: another prepare ({held.holder}) is building this cache; wait for it to finish "
+            "(then this command reuses its result) or pass another --out"
+        ) from None
 
 
 def _check_settings(out: Path, fingerprint: dict[str, Any], overwrite: bool) -> dict[str, Any] | None:

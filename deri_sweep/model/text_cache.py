@@ -10,7 +10,9 @@ Input contract: a prepared cache directory holds ``reports.parquet`` with column
 - ``meta.json``   tower name, hidden size, max_length, pooling, count, reports digest, done.
 
 The folder is written in a temporary sibling and renamed into place, and reused
-when its ``meta.json`` matches. Only valid for a frozen tower
+when its ``meta.json`` matches. One process builds a folder at a time (a ``flock`` on
+``.<slug>.lock`` beside it); others wait and then reuse its result, and the unfinished
+build of a killed builder is removed by the next one. Only valid for a frozen tower
 (:func:`caching_applies`): with ``text.trainable_layers > 0`` features change during training.
 """
 
@@ -22,6 +24,7 @@ import logging
 import os
 import re
 import shutil
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +33,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from deri_sweep.io_utils import LockHeld, file_lock
 from deri_sweep.model.config import TextConfig
 from deri_sweep.model.text_tower import TextTower
 
@@ -124,6 +128,33 @@ def build_text_features(
         log.info("text features reused: %s", out_dir)
         return out_dir
 
+    lock = out_dir.with_name(f".{out_dir.name}.lock")
+    try:
+        with file_lock(lock):
+            return _build_locked(texts, tower, out_dir, meta, batch_size, device, progress)
+    except LockHeld as held:
+        log.info("text features %s: waiting for %s, which is building them", out_dir.name, held.holder)
+    with file_lock(lock, wait=True):
+        return _build_locked(texts, tower, out_dir, meta, batch_size, device, progress)
+
+
+def _build_locked(
+    texts: list[str],
+    tower: TextTower,
+    out_dir: Path,
+    meta: dict[str, Any],
+    batch_size: int,
+    device: torch.device | str | None,
+    progress: bool,
+) -> Path:
+    """The tower pass of :func:`build_text_features`; the caller holds the folder's lock."""
+    if _read_meta(out_dir) == meta:  # another sweep built them while this one waited
+        log.info("text features reused: %s", out_dir)
+        return out_dir
+    for stale in out_dir.parent.glob(f".{out_dir.name}.tmp-*"):  # a killed builder's: only the lock holder builds
+        log.info("removing an unfinished text-feature build: %s", stale)
+        shutil.rmtree(stale, ignore_errors=True)
+    log.info("computing text features of %d unique reports into %s", len(texts), out_dir)
     device = torch.device(device) if device is not None else next(tower.parameters()).device
     tower = tower.to(device).eval()
     ids = tower.tokenizer(texts, truncation=True, max_length=tower.cfg.max_length)["input_ids"]
@@ -131,8 +162,7 @@ def build_text_features(
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)  # (R+1,)
     order = np.argsort(lengths, kind="stable")  # length-sorted batches pad little
 
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{socket.gethostname()}-{os.getpid()}")
     tmp.mkdir(parents=True)
     pooled = np.lib.format.open_memmap(
         tmp / "pooled.npy", mode="w+", dtype=np.float16, shape=(len(texts), meta["hidden_size"])

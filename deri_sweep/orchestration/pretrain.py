@@ -60,6 +60,17 @@ class TrialResources:
         return (self.gpus_per_worker, "gpu") if self.use_gpu else (self.cpus_per_worker, "cpu")
 
 
+def scratch_dir() -> Path:
+    """This node's temp folder of the Ray session (``<temp dir>/<session>``), for temporary checkpoint copies.
+
+    A worker that is killed leaves its copy there; the next worker on the node, and
+    the end of the sweep, remove copies whose process is dead.
+    """
+    context = ray.get_runtime_context()
+    session = Path(context.get_temp_dir()) / context.get_session_name()
+    return session if session.is_dir() else Path(context.get_temp_dir())
+
+
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Ray Train worker entry: resolve rank/device/checkpoint, then run the recipe.
 
@@ -76,6 +87,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         device=ray.train.torch.get_device(),
         resource_per_worker=float(loop_config["resource_per_worker"]),
         resource_kind=str(loop_config["resource_kind"]),
+        scratch=scratch_dir(),
     )
 
     def report(metrics: dict[str, Any], directory: Path | None) -> None:

@@ -28,7 +28,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from deri_sweep.checkpoint import git_commit
 from deri_sweep.config import from_dict, to_dict
 from deri_sweep.io_utils import atomic_write_bytes, atomic_write_text
-from deri_sweep.orchestration.pretrain import TrialResources, build_trainer
+from deri_sweep.orchestration.pretrain import TrialResources, build_trainer, scratch_dir
 from deri_sweep.orchestration.probe_tasks import ProbeResources, collect, probe_suite
 from deri_sweep.orchestration.searchers import (
     BudgetSearcher,
@@ -37,6 +37,7 @@ from deri_sweep.orchestration.searchers import (
     StopRecordingASHA,
 )
 from deri_sweep.orchestration.spaces import SearchSpace, define_by_run
+from deri_sweep.pretraining import remove_stale_checkpoint_dirs
 from deri_sweep.results import FINAL_REPORT_KEY, config_hash
 
 log = logging.getLogger(__name__)
@@ -155,6 +156,7 @@ def _build_text_features(cache_dir: str, text: dict[str, Any]) -> str:
     from deri_sweep.model.text_cache import build_text_features
     from deri_sweep.model.text_tower import TextTower
 
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     cfg = from_dict(TextConfig, text)
     device = "cuda" if ray.get_gpu_ids() else "cpu"
     return str(build_text_features(cache_dir, TextTower(cfg), device=device, progress=False))
@@ -267,7 +269,7 @@ def run_sweep(
     if resume and tune.Tuner.can_restore(str(tune_dir)):
         log.info("resuming the sweep in %s", tune_dir)
         tuner = tune.Tuner.restore(str(tune_dir), trainable=trainable, resume_unfinished=True, resume_errored=True)
-        return tuner.fit()
+        return _fit(tuner)
     prebuild_text_features(space)
     storage_url = optuna_storage or f"sqlite:///{run_dir / 'optuna.db'}"
     searcher, samples = _searcher(space, run_id, storage_url, run_dir / STOPPED_FILE)
@@ -291,4 +293,12 @@ def run_sweep(
         ),
         run_config=tune.RunConfig(name="tune", storage_path=str(run_dir), verbose=1),
     )
-    return tuner.fit()
+    return _fit(tuner)
+
+
+def _fit(tuner: tune.Tuner) -> tune.ResultGrid:
+    """Run the Tuner, then remove the temporary checkpoint copies that killed workers left on this node."""
+    try:
+        return tuner.fit()
+    finally:
+        remove_stale_checkpoint_dirs(scratch_dir())
