@@ -50,6 +50,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seeds", nargs="+", type=int, metavar="SEED",
                    help="pretraining seeds of every configuration, instead of the space's (e.g. --seeds 42 for "
                         "a quick look; confidence intervals need at least two)")  # fmt: skip
+    p.add_argument(
+        "--no-stage", action="store_true",
+        help="read the pretraining cache from shared storage even on nodes whose cluster config sets "
+        "DERI_LOCAL_DISK (by default each such node gets one verified local copy)",
+    )  # fmt: skip
     p.add_argument("--storage", help="where Ray keeps checkpoints: a folder or s3:// / gs:// URI (default: --out)")
     p.add_argument(
         "--optuna-storage", help="Optuna RDB URL, e.g. postgresql://u:p@host/db (default: SQLite file in --out)"
@@ -225,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     from deri_sweep.checkpoint import git_commit
     from deri_sweep.io_utils import atomic_write_text
     from deri_sweep.orchestration.runtime import init_ray
-    from deri_sweep.orchestration.sweep import prebuild_text_features, run_sweep
+    from deri_sweep.orchestration.sweep import prebuild_text_features, run_sweep, stage_pretraining_caches
     from deri_sweep.orchestration.wrapup import finish_run
 
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -246,10 +251,12 @@ def main(argv: list[str] | None = None) -> int:
         log.warning(line)
     optuna_url = args.optuna_storage or f"sqlite:///{run_dir / 'optuna.db'}"
     timing["text_features_s"] = prebuild_text_features(space)  # once for all trials (run_sweep would too)
+    timing["stage_s"] = 0.0 if args.no_stage else stage_pretraining_caches(space)
     mark = time.perf_counter()
     grid = run_sweep(
         space, run_dir, caches, run_id=meta["run_id"], optuna_storage=optuna_url, storage=args.storage,
         budget_hours=args.budget_gpu_hours, resume=args.resume, concurrency=args.concurrency,
+        stage=not args.no_stage,
     )  # fmt: skip
     timing["sweep_s"] = time.perf_counter() - mark
     mark = time.perf_counter()

@@ -301,6 +301,24 @@ def test_ray_starts_with_token_auth_and_without_usage_stats(path):
 
 
 @pytest.mark.parametrize("path", LAUNCHERS, ids=lambda p: p.name)
+def test_gpu_workers_stage_the_cache_on_a_mounted_local_disk(path):
+    """Workers export DERI_LOCAL_DISK for their Ray processes, and a setup command mounts a disk there."""
+    config = _prepared(path.name)
+    start = next(c for c in config["worker_start_ray_commands"] if "ray start" in c)
+    found = re.search(r"\bexport\b[^;&|]*\bDERI_LOCAL_DISK=(\S+?);", start.split("ray start", 1)[0])
+    assert found, f"worker_start_ray_commands: export DERI_LOCAL_DISK before `ray start`: {start}"
+    disk = found.group(1)
+    assert any(f'mount "$dev" {disk}' in c for c in config["worker_setup_commands"]), f"nothing mounted at {disk}"
+    head_start = next(c for c in config["head_start_ray_commands"] if "ray start" in c)
+    assert "DERI_LOCAL_DISK" not in head_start  # the head runs no Train workers: no copy there
+    if path.name.startswith("gcp"):  # a local SSD must be attached for the mount to find it
+        for name, node_type in config["available_node_types"].items():
+            if node_type["resources"].get("GPU"):
+                disks = node_type["node_config"]["disks"]
+                assert any(d.get("type") == "SCRATCH" and d.get("interface") == "NVME" for d in disks), name
+
+
+@pytest.mark.parametrize("path", LAUNCHERS, ids=lambda p: p.name)
 def test_the_token_is_distributed_not_committed(path):
     config = _prepared(path.name)
     assert config["file_mounts"].get("~/.ray/auth_token") == "~/.ray/auth_token"
@@ -370,6 +388,16 @@ def test_rayjob_workers_hold_one_trial_each(rayjob):
         cpus = _cpus(container["resources"]["limits"]["cpu"])
         for space, spec in specs.items():
             assert cpus >= spec.workers * spec.cpus_per_worker, f"{group['groupName']}: {space} needs more CPUs"
+
+
+def test_rayjob_workers_stage_the_cache_on_a_pod_local_volume(rayjob):
+    for group in rayjob["spec"]["rayClusterSpec"]["workerGroupSpecs"]:
+        spec = group["template"]["spec"]
+        container = spec["containers"][0]
+        disk = next(e["value"] for e in container["env"] if e["name"] == "DERI_LOCAL_DISK")
+        mount = next(m for m in container["volumeMounts"] if m["mountPath"] == disk)
+        volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
+        assert "emptyDir" in volume and volume["emptyDir"].get("medium") != "Memory", volume  # disk, not RAM
 
 
 def test_rayjob_exposes_nothing_outside_the_cluster(manifest, rayjob):

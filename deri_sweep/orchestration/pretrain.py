@@ -8,6 +8,7 @@ the worker group: 2 CPU workers here, 4 GPUs a trial on a cluster.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, Sc
 from ray.train.torch import TorchTrainer
 
 from deri_sweep.config import from_dict, to_dict
+from deri_sweep.orchestration.staging import local_cache
 from deri_sweep.pretraining import WorkerInfo, run_worker
 from deri_sweep.train_config import TrainConfig
 
@@ -76,10 +78,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     Args:
         loop_config: ``{"config": TrainConfig as a dict, "resource_per_worker": float,
-            "resource_kind": "gpu" | "cpu"}``.
+            "resource_kind": "gpu" | "cpu", "stage": bool}``; with ``stage`` the worker
+            reads its node's local copy of the cache (:mod:`deri_sweep.orchestration.staging`).
     """
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     cfg = from_dict(TrainConfig, loop_config["config"])
+    if loop_config.get("stage"):
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, cache=local_cache(cfg.data.cache)))
     context = ray.train.get_context()
     worker = WorkerInfo(
         rank=context.get_world_rank(),
@@ -110,6 +115,7 @@ def build_trainer(
     max_failures: int = 2,
     keep_checkpoints: int = 2,
     callbacks: list[Any] | None = None,
+    stage: bool = False,
 ) -> TorchTrainer:
     """A TorchTrainer for one pretraining run.
 
@@ -121,6 +127,8 @@ def build_trainer(
         max_failures: worker-group restarts from the last checkpoint before giving up.
         keep_checkpoints: checkpoints kept (the latest ones).
         callbacks: Ray Train callbacks (e.g. Tune's report callback inside a sweep).
+        stage: workers read their node's local copy of the cache where the node has
+            ``DERI_LOCAL_DISK`` (copied there on first use, verified on every start).
 
     Returns:
         The trainer; call ``.fit()``.
@@ -133,9 +141,10 @@ def build_trainer(
         checkpoint_config=CheckpointConfig(num_to_keep=keep_checkpoints),
         callbacks=callbacks or [],
     )
+    loop_config = {"config": to_dict(cfg), "resource_per_worker": units, "resource_kind": kind, "stage": stage}
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"config": to_dict(cfg), "resource_per_worker": units, "resource_kind": kind},
+        train_loop_config=loop_config,
         scaling_config=resources.scaling(),
         run_config=run_config,
     )

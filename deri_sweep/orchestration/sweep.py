@@ -37,6 +37,7 @@ from deri_sweep.orchestration.searchers import (
     StopRecordingASHA,
 )
 from deri_sweep.orchestration.spaces import SearchSpace, define_by_run
+from deri_sweep.orchestration.staging import stage_on_every_node
 from deri_sweep.pretraining import remove_stale_checkpoint_dirs
 from deri_sweep.results import FINAL_REPORT_KEY, config_hash
 
@@ -57,6 +58,8 @@ class SweepContext:
         caches: dataset name -> prepared cache directory.
         storage: where Ray keeps trial checkpoints (a folder or URI).
         probe_resources: resource request of one probe task.
+        stage: Train workers read their node's local copy of the pretraining cache
+            where the node sets ``DERI_LOCAL_DISK``.
     """
 
     run_id: str
@@ -65,6 +68,7 @@ class SweepContext:
     caches: dict[str, str]
     storage: str
     probe_resources: dict[str, float] = field(default_factory=lambda: {"num_cpus": 0.25, "num_gpus": 0.0})
+    stage: bool = True
 
 
 def _objective(space: SearchSpace, metrics: dict[str, Any], probes: pd.DataFrame | None) -> float:
@@ -101,7 +105,7 @@ def trial_driver(config: dict[str, Any], context: SweepContext) -> None:
     started = time.time()
     trainer = build_trainer(
         cfg, resources, storage=context.storage, name=f"trial_{trial_id}",
-        max_failures=space.trial.max_failures, callbacks=[EpochReportCallback()],
+        max_failures=space.trial.max_failures, callbacks=[EpochReportCallback()], stage=context.stage,
     )  # fmt: skip
     result = trainer.fit()
     if result.error is not None or result.checkpoint is None:
@@ -192,6 +196,19 @@ def prebuild_text_features(space: SearchSpace) -> float:
     return time.time() - started
 
 
+def stage_pretraining_caches(space: SearchSpace) -> float:
+    """Copy each pretraining cache of the plan to every node's local disk, once (after its text features exist).
+
+    Returns:
+        Wall seconds spent (near 0 when every node's copy was already in place, or no node has a local disk).
+    """
+    started = time.time()
+    plans = space.trials() if space.search == "grid" else [{"overrides": {}, "seed": space.seeds[0]}]
+    for cache in sorted({space.train_config(t["overrides"], t["seed"]).data.cache for t in plans}):
+        stage_on_every_node(cache)
+    return time.time() - started
+
+
 def max_concurrent(space: SearchSpace) -> int:
     """How many trials fit the cluster at once, from its GPUs (or CPUs) and the trial size."""
     total = ray.cluster_resources()
@@ -240,6 +257,7 @@ def run_sweep(
     resume: bool = False,
     concurrency: int | None = None,
     probe_resources: dict[str, float] | None = None,
+    stage: bool = True,
 ) -> tune.ResultGrid:
     """Run (or resume) a sweep into ``run_dir``.
 
@@ -254,6 +272,8 @@ def run_sweep(
         resume: continue an interrupted sweep from ``run_dir``.
         concurrency: max concurrent trials (default: what the cluster fits).
         probe_resources: resource request of one probe task.
+        stage: copy the pretraining cache to each node's ``DERI_LOCAL_DISK`` before the
+            trials, and let their workers read that copy.
 
     Returns:
         Tune's result grid.
@@ -262,7 +282,7 @@ def run_sweep(
     run_dir.mkdir(parents=True, exist_ok=True)
     context = SweepContext(
         run_id, str(run_dir), to_dict(space), {k: str(v) for k, v in caches.items()},
-        storage or str(run_dir / "train"), probe_resources or {"num_cpus": 0.25, "num_gpus": 0.0},
+        storage or str(run_dir / "train"), probe_resources or {"num_cpus": 0.25, "num_gpus": 0.0}, stage,
     )  # fmt: skip
     trainable = tune.with_resources(tune.with_parameters(trial_driver, context=context), driver_resources(space))
     tune_dir = run_dir / "tune"
@@ -271,6 +291,8 @@ def run_sweep(
         tuner = tune.Tuner.restore(str(tune_dir), trainable=trainable, resume_unfinished=True, resume_errored=True)
         return _fit(tuner)
     prebuild_text_features(space)
+    if stage:
+        stage_pretraining_caches(space)
     storage_url = optuna_storage or f"sqlite:///{run_dir / 'optuna.db'}"
     searcher, samples = _searcher(space, run_id, storage_url, run_dir / STOPPED_FILE)
     scheduler = None
