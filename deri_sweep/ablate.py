@@ -17,6 +17,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -54,6 +55,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--no-stage", action="store_true",
         help="read the pretraining cache from shared storage even on nodes whose cluster config sets "
         "DERI_LOCAL_DISK (by default each such node gets one verified local copy)",
+    )  # fmt: skip
+    p.add_argument(
+        "--tracker", action="append", default=[], metavar="mlflow[=URI]|wandb",
+        help="also log each trial (named variant-seed: resolved config, per-epoch curves, probe metrics, "
+        "GPU-hours, sweep id and git commit) to MLflow (default store sqlite:///OUT/mlflow.db) or W&B "
+        "(offline unless WANDB_MODE is set); repeat for both. Needs pip install -e '.[trackers]'",
     )  # fmt: skip
     p.add_argument("--storage", help="where Ray keeps checkpoints: a folder or s3:// / gs:// URI (default: --out)")
     p.add_argument(
@@ -194,6 +201,39 @@ def _cluster_warnings(space: SearchSpace, records: list) -> list[str]:
     return []
 
 
+def _trackers(given: list[str]) -> list:
+    """``--tracker`` values, checked before Ray starts (unknown name, package not installed)."""
+    from deri_sweep.orchestration.trackers import Tracker
+
+    try:
+        return [Tracker.parse(text) for text in given]
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def dashboard_commands(run_dir: Path, optuna_url: str | None, trackers: list) -> list[str]:
+    """One line per tool that shows this run, with the command that opens it."""
+    import importlib.util
+    import shutil
+
+    lines = ["Ray dashboard   http://127.0.0.1:8265 (while Ray runs; on a cluster: ray dashboard CLUSTER.yaml)"]
+    if shutil.which("tensorboard") or importlib.util.find_spec("tensorboard"):
+        lines.append(f"TensorBoard     tensorboard --logdir {run_dir / 'tune'}")
+    if optuna_url:
+        install = "" if importlib.util.find_spec("optuna_dashboard") else "pip install -e '.[dashboards]' && "
+        lines.append(f"Optuna          {install}optuna-dashboard {optuna_url}")
+    for tracker in trackers:
+        if tracker.kind == "mlflow":
+            lines.append(f"MLflow          mlflow ui --backend-store-uri {tracker.store(run_dir)}")
+        elif tracker.store(run_dir) == "offline":
+            lines.append(f"W&B (offline)   wandb sync {run_dir / 'tune'}/*/wandb/offline-run-*")
+        else:
+            lines.append(
+                f"W&B             project {os.environ.get('WANDB_PROJECT', 'deri-sweep')}, group {run_dir.name}"
+            )
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the sweep; returns the exit status."""
     args = parse_args(argv)
@@ -213,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         run_dir = (args.out or Path("runs") / f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
         if args.resume and not (run_dir / "sweep.json").exists():
             raise ConfigError(f"--resume: {run_dir} holds no sweep (no sweep.json); pass the --out of the sweep")
+        trackers = _trackers(args.tracker)
         caches = _caches(args, space.workspace)
         if "mimic" not in caches:
             raise ConfigError("--caches needs mimic=DIR (the pretraining cache)")
@@ -256,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     grid = run_sweep(
         space, run_dir, caches, run_id=meta["run_id"], optuna_storage=optuna_url, storage=args.storage,
         budget_hours=args.budget_gpu_hours, resume=args.resume, concurrency=args.concurrency,
-        stage=not args.no_stage,
+        stage=not args.no_stage, trackers=trackers,
     )  # fmt: skip
     timing["sweep_s"] = time.perf_counter() - mark
     mark = time.perf_counter()
@@ -285,9 +326,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {name:14s} {paths[name]}")
     print("\nbrowse it:")
     print("  Ray dashboard   http://127.0.0.1:8265 (while Ray runs; on a cluster: ray dashboard CLUSTER.yaml)")
-    print(f"  TensorBoard     tensorboard --logdir {run_dir / 'tune'}")
-    if space.search == "optuna":
-        print(f"  Optuna          pip install optuna-dashboard && optuna-dashboard {optuna_url}")
+    for line in dashboard_commands(run_dir, optuna_url if space.search == "optuna" else None, trackers):
+        print(f"  {line}")
     return 0
 
 

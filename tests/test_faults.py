@@ -194,7 +194,11 @@ def _study_states(run_dir: Path) -> dict[int, str]:
 
 
 def test_asha_and_optuna_prune_and_a_killed_driver_resumes_without_redoing_anything(cluster, short_caches, tmp_path):
-    """Tune + ASHA + Optuna TPE through the CLI; the driver is SIGKILLed mid-sweep and resumed."""
+    """Tune + ASHA + Optuna TPE through the CLI; the driver is SIGKILLed mid-sweep and resumed.
+
+    Afterwards the summary's optuna-dashboard command is run on a loopback port and the
+    study is read back over HTTP with its trials' states.
+    """
     import optuna
 
     space, run_dir = tmp_path / "asha_optuna.yaml", tmp_path / "run"
@@ -258,6 +262,42 @@ def test_asha_and_optuna_prune_and_a_killed_driver_resumes_without_redoing_anyth
     curves = pd.read_parquet(run_dir / "curves.parquet")
     epochs = curves[(curves["trial_id"] == third_id) & (curves["metric"] == "val_total")]["epoch"].tolist()
     assert max(epochs) == 4.0 and len(epochs) <= 5, epochs
+    _dashboard_shows_the_study(resumed.stdout, run_dir.name, {0: "Complete", 1: "Pruned", 2: "Complete"})
+
+
+def _dashboard_shows_the_study(summary: str, study_name: str, states: dict[int, str]) -> None:
+    """Run the summary's ``optuna-dashboard`` command on a free loopback port; the study and states must show."""
+    import socket
+    import subprocess
+    import sys
+    import urllib.request
+
+    line = next(line for line in summary.splitlines() if line.strip().startswith("Optuna "))
+    command = line.split(None, 1)[1].split()
+    assert command[0] == "optuna-dashboard" and len(command) == 2, line  # installed: no "pip install" first
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    executable = str(Path(sys.executable).with_name("optuna-dashboard"))
+    server = subprocess.Popen([executable, command[1], "--host", "127.0.0.1", "--port", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+
+    def get(path: str) -> dict | None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+                return json.loads(response.read())
+        except OSError:
+            assert server.poll() is None, server.stderr.read().decode()[-2000:]
+            return None
+
+    try:
+        studies = wait_for(lambda: get("/api/studies"), "optuna-dashboard to answer", timeout=60)["study_summaries"]
+        study = next(s for s in studies if s["study_name"] == study_name)
+        detail = get(f"/api/studies/{study['study_id']}")
+        assert {t["number"]: t["state"] for t in detail["trials"]} == states, detail["trials"]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 def test_a_probe_task_whose_node_dies_is_retried_and_recorded_once(cluster, short_caches, reference):

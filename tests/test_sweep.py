@@ -39,7 +39,8 @@ def sweep_run(short_caches, tmp_path_factory):
     work = tmp_path_factory.mktemp("sweep")
     (work / "space.yaml").write_text(SPACE)
     caches = [f"{k}={v}" for k, v in short_caches.items()]
-    run = run_ablate(["--space", "space.yaml", "--out", "run", "--concurrency", "1", "--caches", *caches], work)
+    args = ["--space", "space.yaml", "--out", "run", "--concurrency", "1", "--caches", *caches]
+    run = run_ablate([*args, "--tracker", "mlflow", "--tracker", "wandb"], work)  # W&B offline: WANDB_MODE unset
     assert run.returncode == 0, run.stderr[-3000:]
     return work / "run", run
 
@@ -94,10 +95,65 @@ def test_no_report_text_leaks_into_the_run_directory(sweep_run, short_caches):
     assert phrases
     leaked = []
     for path in run_dir.rglob("*"):
-        if path.is_file() and path.suffix not in {".pt", ".npy", ".db"}:
+        if path.is_file() and path.suffix not in {".pt", ".npy"}:  # the MLflow store and W&B run files included
             data = path.read_bytes().decode("utf-8", errors="ignore")
             leaked += [(str(path), p) for p in phrases if p in data]
     assert not leaked, leaked[:3]
     assert not any(p in run.stdout + run.stderr for p in phrases)
     meta = json.loads((run_dir / "sweep.json").read_text())
     assert meta["space"] == "space" and meta["baseline_variant"] == "full"
+
+
+def _trial_ids(run_dir) -> dict[str, str]:
+    trials = pd.read_parquet(run_dir / "trials.parquet")
+    return dict(zip(trials["variant"], trials["trial_id"], strict=True))
+
+
+def test_mlflow_holds_one_run_per_trial_with_config_curves_probes_and_tags(sweep_run):
+    import mlflow
+
+    run_dir, run = sweep_run
+    uri = f"sqlite:///{run_dir / 'mlflow.db'}"
+    assert f"MLflow          mlflow ui --backend-store-uri {uri}" in run.stdout  # the summary says how to open it
+    client = mlflow.MlflowClient(uri)
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(experiment_names=["deri-sweep"], output_format="list")
+    by_name = {r.info.run_name: r for r in runs}
+    assert sorted(by_name) == ["full-s42", "heavy-s42"], sorted(by_name)  # one run per trial, named variant-seed
+    ids = _trial_ids(run_dir)
+    curves = pd.read_parquet(run_dir / "curves.parquet")
+    git = json.loads((run_dir / "sweep.json").read_text())["git_commit"]
+    for variant, record in ((v, by_name[f"{v}-s42"]) for v in ("full", "heavy")):
+        tags, params, metrics = record.data.tags, record.data.params, record.data.metrics
+        assert tags["sweep_id"] == "run" and tags["git_commit"] == git and tags["trial_id"] == ids[variant]
+        assert params["variant"] == variant and params["seed"] == "42" and params["optim.batch_size"] == "8"
+        assert float(params["model.loss.w_cma"]) == (4.0 if variant == "heavy" else 1.0)  # the resolved config
+        assert metrics["cpu_hours"] > 0 and "val_total" in metrics
+        history = [m.value for m in client.get_metric_history(record.info.run_id, "val_total")]
+        curve = curves[(curves["trial_id"] == ids[variant]) & (curves["metric"] == "val_total")]["value"]
+        assert len(curve) == int(metrics["epoch"]) and set(history) == set(curve)  # every epoch's point, live
+    # the probed trial's probe metrics landed in its pretraining run; ASHA stopped 'heavy' before its probes
+    full, heavy = by_name["full-s42"].data.metrics, by_name["heavy-s42"].data.metrics
+    results = pd.read_parquet(run_dir / "results.parquet")
+    auroc = results[(results["trial_id"] == ids["full"]) & (results["eval"] == "linear_probe")
+                    & (results["metric"] == "test_auroc") & (results["variant"] == "full")]  # fmt: skip
+    for task, cells in auroc.groupby("task"):
+        assert full[f"probe/linear_probe/{task}/1/test_auroc"] == pytest.approx(cells["value"].mean())
+    assert any(k.startswith("probe/zero_shot/") for k in full) and not any(k.startswith("probe/") for k in heavy)
+
+
+def test_wandb_writes_one_offline_run_per_trial_and_sends_nothing(sweep_run):
+    run_dir, run = sweep_run
+    offline = sorted((run_dir / "tune").glob("*/wandb/offline-run-*"))
+    assert len(offline) == 2, offline  # one per trial, offline: nothing was sent
+    assert not list((run_dir / "tune").glob("*/wandb/run-*"))  # an online run would be named run-*
+    assert "W&B (offline)   wandb sync" in run.stdout
+    names, files = [], {}
+    for folder in offline:
+        files[folder] = data = b"".join(p.read_bytes() for p in folder.glob("*.wandb"))
+        assert b"optim.lr" in data and b"sweep_id" in data  # the resolved config and the sweep's tags
+        names += [name for name in (b"full-s42", b"heavy-s42") if name in data]
+    assert sorted(names) == [b"full-s42", b"heavy-s42"]  # runs named variant-seed
+    probed = [data for data in files.values() if b"probe/linear_probe/" in data]
+    assert len(probed) == 1  # the probed trial (the other was stopped by ASHA) ...
+    assert b"val_total" in probed[0] and b"cpu_hours" in probed[0]  # ... with its curves in the same run

@@ -38,6 +38,7 @@ from deri_sweep.orchestration.searchers import (
 )
 from deri_sweep.orchestration.spaces import SearchSpace, define_by_run
 from deri_sweep.orchestration.staging import stage_on_every_node
+from deri_sweep.orchestration.trackers import tracker_callbacks, trial_name
 from deri_sweep.pretraining import remove_stale_checkpoint_dirs
 from deri_sweep.results import FINAL_REPORT_KEY, config_hash
 
@@ -258,6 +259,7 @@ def run_sweep(
     concurrency: int | None = None,
     probe_resources: dict[str, float] | None = None,
     stage: bool = True,
+    trackers: list[Any] | None = None,
 ) -> tune.ResultGrid:
     """Run (or resume) a sweep into ``run_dir``.
 
@@ -274,6 +276,8 @@ def run_sweep(
         probe_resources: resource request of one probe task.
         stage: copy the pretraining cache to each node's ``DERI_LOCAL_DISK`` before the
             trials, and let their workers read that copy.
+        trackers: :class:`~deri_sweep.orchestration.trackers.Tracker` values: each trial
+            becomes one MLflow / W&B run.
 
     Returns:
         Tune's result grid.
@@ -304,6 +308,7 @@ def run_sweep(
             max_t=epochs + 1, grace_period=space.scheduler.grace_period,
             reduction_factor=space.scheduler.reduction_factor,
         )  # fmt: skip
+    callbacks = tracker_callbacks(trackers or [], space, run_dir, run_id)
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
@@ -312,8 +317,9 @@ def run_sweep(
             num_samples=samples,
             max_concurrent_trials=concurrency or max_concurrent(space),
             reuse_actors=False,
+            trial_name_creator=trial_name,
         ),
-        run_config=tune.RunConfig(name="tune", storage_path=str(run_dir), verbose=1),
+        run_config=tune.RunConfig(name="tune", storage_path=str(run_dir), verbose=1, callbacks=callbacks),
     )
     return _fit(tuner)
 
