@@ -150,11 +150,16 @@ def tower_warnings(space: SearchSpace, records: list[TrialRecord]) -> list[str]:
 
 @contextmanager
 def _offline() -> Iterator[None]:
+    """Hub offline mode for the block: the environment, and the flag huggingface_hub read at its import."""
+    from huggingface_hub import constants
+
     saved = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
     os.environ.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
+    flag, constants.HF_HUB_OFFLINE = constants.HF_HUB_OFFLINE, True
     try:
         yield
     finally:
+        constants.HF_HUB_OFFLINE = flag
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
