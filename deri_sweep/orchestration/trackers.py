@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from ray.air.integrations.mlflow import MLflowLoggerCallback
 from ray.tune.experiment import Trial
 
 from deri_sweep.checkpoint import git_commit
@@ -146,38 +145,43 @@ def _guarded(method: Callable[..., None]) -> Callable[..., None]:
     return guarded
 
 
-class SweepMLflowCallback(MLflowLoggerCallback):
-    """Ray Tune's MLflow callback, one run per trial as the module says."""
+def _mlflow_callback(uri: str, space: SearchSpace, run_dir: Path, run_id: str) -> Any:
+    from ray.air.integrations.mlflow import MLflowLoggerCallback  # imports mlflow: only when asked for
 
-    def __init__(self, uri: str, space: SearchSpace, run_dir: Path, run_id: str) -> None:
-        super().__init__(
-            tracking_uri=uri, experiment_name=EXPERIMENT, tags={"sweep_id": run_id, "git_commit": git_commit()}
-        )
-        self._space, self._run_dir, self._run_id = space, run_dir, run_id
+    class SweepMLflowCallback(MLflowLoggerCallback):
+        """Ray Tune's MLflow callback, one run per trial as the module says."""
 
-    @_guarded
-    def log_trial_start(self, trial: Trial) -> None:
-        """Open the trial's run (or find it again after a resume) and log its resolved config."""
-        if trial in self._trial_runs:
-            return
-        import mlflow
+        def __init__(self, uri: str, space: SearchSpace, run_dir: Path, run_id: str) -> None:
+            super().__init__(
+                tracking_uri=uri, experiment_name=EXPERIMENT, tags={"sweep_id": run_id, "git_commit": git_commit()}
+            )
+            self._space, self._run_dir, self._run_id = space, run_dir, run_id
 
-        client = mlflow.MlflowClient(self.tracking_uri)
-        filter_string = f"tags.sweep_id = '{self._run_id}' and tags.trial_id = '{trial.trial_id}'"
-        existing = client.search_runs([self.mlflow_util.experiment_id], filter_string=filter_string, max_results=1)
-        if existing:  # a resumed sweep: the trial goes on in its run
-            self._trial_runs[trial] = existing[0].info.run_id
-            client.update_run(existing[0].info.run_id, status="RUNNING")
-            return
-        tags = {**self.tags, "trial_id": trial.trial_id, "trial_name": trial_name(trial)}
-        run = self.mlflow_util.start_run(tags=tags, run_name=trial_name(trial))
-        self._trial_runs[trial] = run.info.run_id
-        self.mlflow_util.log_params(run_id=run.info.run_id, params_to_log=trial_params(self._space, trial.config))
+        @_guarded
+        def log_trial_start(self, trial: Trial) -> None:
+            """Open the trial's run (or find it again after a resume) and log its resolved config."""
+            if trial in self._trial_runs:
+                return
+            import mlflow
 
-    @_guarded
-    def log_trial_result(self, iteration: int, trial: Trial, result: dict[str, Any]) -> None:
-        """Log a report's numbers (and, with the final one, the probe metrics)."""
-        super().log_trial_result(iteration, trial, tracked(result, self._run_dir, trial.trial_id))
+            client = mlflow.MlflowClient(self.tracking_uri)
+            filter_string = f"tags.sweep_id = '{self._run_id}' and tags.trial_id = '{trial.trial_id}'"
+            existing = client.search_runs([self.mlflow_util.experiment_id], filter_string=filter_string, max_results=1)
+            if existing:  # a resumed sweep: the trial goes on in its run
+                self._trial_runs[trial] = existing[0].info.run_id
+                client.update_run(existing[0].info.run_id, status="RUNNING")
+                return
+            tags = {**self.tags, "trial_id": trial.trial_id, "trial_name": trial_name(trial)}
+            run = self.mlflow_util.start_run(tags=tags, run_name=trial_name(trial))
+            self._trial_runs[trial] = run.info.run_id
+            self.mlflow_util.log_params(run_id=run.info.run_id, params_to_log=trial_params(self._space, trial.config))
+
+        @_guarded
+        def log_trial_result(self, iteration: int, trial: Trial, result: dict[str, Any]) -> None:
+            """Log a report's numbers (and, with the final one, the probe metrics)."""
+            super().log_trial_result(iteration, trial, tracked(result, self._run_dir, trial.trial_id))
+
+    return SweepMLflowCallback(uri, space, run_dir, run_id)
 
 
 def _wandb_callback(space: SearchSpace, run_dir: Path, run_id: str) -> Any:
@@ -216,7 +220,7 @@ def tracker_callbacks(trackers: list[Tracker], space: SearchSpace, run_dir: Path
     callbacks = []
     for tracker in trackers:
         if tracker.kind == "mlflow":
-            callbacks.append(SweepMLflowCallback(tracker.store(run_dir), space, run_dir, run_id))
+            callbacks.append(_mlflow_callback(tracker.store(run_dir), space, run_dir, run_id))
             log.info("tracking trials in MLflow at %s (experiment %r)", tracker.store(run_dir), EXPERIMENT)
         else:
             callbacks.append(_wandb_callback(space, run_dir, run_id))
