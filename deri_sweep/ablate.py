@@ -325,7 +325,6 @@ def main(argv: list[str] | None = None) -> int:
         if name in paths:
             print(f"  {name:14s} {paths[name]}")
     print("\nbrowse it:")
-    print("  Ray dashboard   http://127.0.0.1:8265 (while Ray runs; on a cluster: ray dashboard CLUSTER.yaml)")
     for line in dashboard_commands(run_dir, optuna_url if space.search == "optuna" else None, trackers):
         print(f"  {line}")
     return 0
