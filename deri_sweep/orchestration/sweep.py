@@ -41,6 +41,7 @@ from deri_sweep.orchestration.staging import stage_on_every_node
 from deri_sweep.orchestration.trackers import tracker_callbacks, trial_name
 from deri_sweep.pretraining import remove_stale_checkpoint_dirs
 from deri_sweep.results import FINAL_REPORT_KEY, config_hash
+from deri_sweep.train_config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +168,12 @@ def _build_text_features(cache_dir: str, text: dict[str, Any]) -> str:
     return str(build_text_features(cache_dir, TextTower(cfg), device=device, progress=False))
 
 
+def _planned_configs(space: SearchSpace) -> list[TrainConfig]:
+    """The resolved config of every planned trial (a grid's; an Optuna search's base config)."""
+    plans = space.trials() if space.search == "grid" else [{"overrides": {}, "seed": space.seeds[0]}]
+    return [space.train_config(t["overrides"], t["seed"]) for t in plans]
+
+
 def prebuild_text_features(space: SearchSpace) -> float:
     """Build the text features every trial needs once, before any trial starts.
 
@@ -179,10 +186,8 @@ def prebuild_text_features(space: SearchSpace) -> float:
     """
     from deri_sweep.model.text_cache import caching_applies, feature_dir
 
-    plans = space.trials() if space.search == "grid" else [{"overrides": {}, "seed": space.seeds[0]}]
     needed: dict[tuple[str, str], Any] = {}
-    for trial in plans:
-        cfg = space.train_config(trial["overrides"], trial["seed"])
+    for cfg in _planned_configs(space):
         text = cfg.model.text
         if caching_applies(text) and not (feature_dir(cfg.data.cache, text) / "meta.json").exists():
             needed[(cfg.data.cache, str(feature_dir(cfg.data.cache, text)))] = text
@@ -204,8 +209,7 @@ def stage_pretraining_caches(space: SearchSpace) -> float:
         Wall seconds spent (near 0 when every node's copy was already in place, or no node has a local disk).
     """
     started = time.time()
-    plans = space.trials() if space.search == "grid" else [{"overrides": {}, "seed": space.seeds[0]}]
-    for cache in sorted({space.train_config(t["overrides"], t["seed"]).data.cache for t in plans}):
+    for cache in sorted({cfg.data.cache for cfg in _planned_configs(space)}):
         stage_on_every_node(cache)
     return time.time() - started
 
