@@ -25,6 +25,7 @@ from analysis import figures as F
 from analysis._html import esc, fmt_num, frame_to_html, page
 from analysis._io import RunData, RunDirError, load_run, write_text
 from analysis._table_render import comparison_html, write_comparison
+from analysis.decisions import DECISIONS_FILE, why_we_stopped
 from analysis.tables import ComparisonTable, comparison_table, cost_per_variant, trials_summary, verdict_word
 
 __all__ = ["build_report", "main", "render_report"]
@@ -40,6 +41,7 @@ OTHER_COMPARISONS = (
 _SECTIONS = (
     ("summary", "Summary"),
     ("comparison", "Comparison"),
+    ("decisions", "Why we stopped"),
     ("ablation", "Ablation"),
     ("curves", "Learning curves"),
     ("parallel", "Parameters"),
@@ -174,6 +176,8 @@ def render_report(run: RunData, table: ComparisonTable, cost: pd.DataFrame) -> s
     body = [_summary(run, trials_tbl, hours)]
     headline = _verdict_summary(table) + comparison_html(table, standalone=False)
     body.append(_section("comparison", headline + _others(run, table.baseline)))
+    if (run.run_dir / DECISIONS_FILE).is_file():
+        body.append(_decisions(run))
 
     if table.frame.empty:
         abl = '<p class="note">No linear-probe results yet.</p>'
@@ -216,6 +220,28 @@ def render_report(run: RunData, table: ComparisonTable, cost: pd.DataFrame) -> s
     return _page(run, "\n".join(body))
 
 
+def _decisions(run: RunData) -> str:
+    """The ``decide`` sweep's last reading per variant: decision, why it stopped, cost, test AUROC."""
+    try:
+        decisions = pd.read_parquet(run.run_dir / DECISIONS_FILE)
+    except Exception as exc:  # pyarrow raises several types for a damaged file
+        return _section("decisions", f'<p class="note">{esc(DECISIONS_FILE)} is unreadable: {esc(exc)}</p>')
+    decide = run.sweep.get("decide", {})
+    table = why_we_stopped(
+        decisions, run.trials, run.results, baseline=run.sweep.get("baseline_variant") or "",
+        max_seeds=int(decide.get("max_seeds", 0)),
+    )  # fmt: skip
+    caption = (
+        f'<p class="caption">Decided on the validation objective only (mean validation macro AUROC of the probe '
+        f"plan), margin {esc(decide.get('margin', '?'))}, alpha {esc(decide.get('alpha', '?'))} spent over the "
+        "looks (p_holm must fall under the look's threshold alpha_look; equivalence uses p_equiv_holm). delta and "
+        "its 95% interval are variant minus baseline; test_auroc is reported after the fact, never used to "
+        f"decide. {len(decisions)} readings in {esc(DECISIONS_FILE)}.</p>"
+    )
+    digits = {"n_pairs": 0, "seeds_run": 0, "gpu_hours": 3}
+    return _section("decisions", frame_to_html(table, digits=digits, default_digits=4) + caption)
+
+
 def _page(run: RunData, body: str) -> str:
     try:
         from plotly.offline import get_plotlyjs
@@ -225,7 +251,7 @@ def _page(run: RunData, body: str) -> str:
         head = ""
         logger.warning("plotly is not installed: the report has tables only")
     run_id = run.sweep.get("run_id") or run.run_dir.name
-    toc = "".join(f'<a href="#{k}">{esc(t)}</a>' for k, t in _SECTIONS)
+    toc = "".join(f'<a href="#{k}">{esc(t)}</a>' for k, t in _SECTIONS if f'<section id="{k}">' in body)
     top = (
         f'<header class="top"><h1>deri-sweep report · {esc(run_id)}</h1>'
         f'<div class="sub">{esc(run.run_dir.resolve())}</div><nav class="toc">{toc}</nav></header>'

@@ -47,7 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="prepared caches: mimic= (pretraining) and probe datasets ptbxl=, cpsc2018=, csn=")  # fmt: skip
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a base config value of every trial (--set optim.epochs=5), or a field of the "
-                        "space's trial/probes/scheduler/workspace sections (--set trial.workers=1)")  # fmt: skip
+                        "space's trial/probes/scheduler/workspace/decide sections (--set trial.workers=1)")  # fmt: skip
     p.add_argument("--seeds", nargs="+", type=int, metavar="SEED",
                    help="pretraining seeds of every configuration, instead of the space's (e.g. --seeds 42 for "
                         "a quick look; confidence intervals need at least two)")  # fmt: skip
@@ -91,13 +91,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 #: ``--set`` keys starting with one of these change the space itself, not the trials' base config
-SPACE_SECTIONS = ("trial", "probes", "scheduler", "workspace")
+SPACE_SECTIONS = ("trial", "probes", "scheduler", "workspace", "decide")
 
 
 def _apply_set(space: SearchSpace, pairs: list[str]) -> SearchSpace:
     """Apply ``--set KEY=VALUE`` pairs (values read as YAML, see ``parse_override``).
 
-    ``trial.*``, ``probes.*``, ``scheduler.*`` and ``workspace.*`` set fields of the space
+    ``trial.*``, ``probes.*``, ``scheduler.*``, ``workspace.*`` and ``decide.*`` set fields of the space
     (e.g. ``--set trial.workers=1``); every other key overrides the base config of every
     trial (e.g. ``--set optim.epochs=5``).
 
@@ -281,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         "mode": space.mode, "objective": space.objective, "search": space.search, "git_commit": git_commit(),
         "created": time.strftime("%Y-%m-%d %H:%M:%S"), "caches": {k: str(v) for k, v in caches.items()},
         "towers": towers_summary(space, records, local=args.local_towers),
+        **({"decide": to_dict(space.decide)} if space.search == "decide" else {}),
     }  # fmt: skip
     atomic_write_text(meta_file, json.dumps(meta, indent=2))
     timing = {"data_s": time.perf_counter() - started}

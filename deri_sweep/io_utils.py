@@ -190,3 +190,42 @@ def file_lock(path: str | Path, *, wait: bool = False) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def owned_temp_dir(prefix: str, root: str | Path | None = None) -> Path:
+    """A new temporary folder ``<prefix><pid>-XXXXXXXX`` under ``root`` (default: the system temp dir).
+
+    The owner's pid in the name lets :func:`remove_orphaned_temp_dirs` tell a folder whose
+    process died (killed before it could clean up) from one still in use.
+    """
+    return Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=root))
+
+
+def remove_orphaned_temp_dirs(prefix: str, root: str | Path | None = None) -> int:
+    """Delete the folders ``<prefix><pid>-*`` in ``root`` whose process ``<pid>`` is no longer alive.
+
+    A node that lives for weeks of sweeps fills up otherwise, one killed process at a time.
+    Folders of live processes, and any other name, are left alone.
+
+    Args:
+        prefix: the owner's prefix, as given to :func:`owned_temp_dir`.
+        root: where the folders live (default: the system temp dir).
+
+    Returns:
+        How many folders were removed.
+    """
+    removed = 0
+    for folder in Path(root or tempfile.gettempdir()).glob(f"{prefix}*-*"):
+        pid = folder.name[len(prefix) :].split("-", 1)[0]
+        if not pid.isdigit() or not folder.is_dir():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # alive (or another user's live process): not ours to delete
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed += 1
+    return removed

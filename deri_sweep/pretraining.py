@@ -32,6 +32,7 @@ from deri_sweep.checkpoint import load_checkpoint, rng_state, save_checkpoint
 from deri_sweep.config import to_dict
 from deri_sweep.data.cache import CacheDataset, SignalCache, keep_batch
 from deri_sweep.engine import TextSource, build_optimizer, evaluate, seed_everything, train_epoch, unwrap
+from deri_sweep.io_utils import remove_orphaned_temp_dirs
 from deri_sweep.losses import DeriLoss
 from deri_sweep.model.deri import DERI
 from deri_sweep.model.text_cache import TextFeatureStore, build_text_features, caching_applies, feature_dir
@@ -121,10 +122,7 @@ CKPT_TMP_PREFIX = "deri-ckpt-"
 
 
 def remove_stale_checkpoint_dirs(root: str | Path | None = None) -> int:
-    """Delete temporary checkpoint folders left by workers that died (a node that lives for weeks fills up otherwise).
-
-    A folder ``deri-ckpt-<pid>-*`` is removed when no process ``<pid>`` is alive; folders of live
-    processes (and any other name) are left alone.
+    """Delete the temporary checkpoint folders ``deri-ckpt-<pid>-*`` whose worker died.
 
     Args:
         root: where the temporary folders live (default: the system temp dir).
@@ -132,22 +130,7 @@ def remove_stale_checkpoint_dirs(root: str | Path | None = None) -> int:
     Returns:
         How many folders were removed.
     """
-    import shutil
-
-    removed = 0
-    for folder in Path(root or tempfile.gettempdir()).glob(f"{CKPT_TMP_PREFIX}*-*"):
-        pid = folder.name[len(CKPT_TMP_PREFIX) :].split("-", 1)[0]
-        if not pid.isdigit() or not folder.is_dir():
-            continue
-        try:
-            os.kill(int(pid), 0)
-            continue  # alive (or someone else's live process): not ours to delete
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            continue
-        shutil.rmtree(folder, ignore_errors=True)
-        removed += 1
+    removed = remove_orphaned_temp_dirs(CKPT_TMP_PREFIX, root)
     if removed:
         log.info("removed %d temporary checkpoint folder(s) left by dead workers", removed)
     return removed

@@ -20,9 +20,12 @@ def ablate_command(args: list[str]) -> list[str]:
     return [sys.executable, "-m", "deri_sweep.ablate", *args]
 
 
-def run_ablate(args: list[str], cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess:
-    """Run the ablate CLI to completion in ``cwd``; returns the finished process (text output)."""
-    return subprocess.run(ablate_command(args), cwd=cwd, capture_output=True, text=True, timeout=timeout)
+def run_ablate(
+    args: list[str], cwd: Path, timeout: float = 1800, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """Run the ablate CLI to completion in ``cwd`` (``env``: extra environment); returns the finished process."""
+    environ = {**os.environ, **(env or {})}
+    return subprocess.run(ablate_command(args), cwd=cwd, capture_output=True, text=True, timeout=timeout, env=environ)
 
 
 def start_ablate(args: list[str], cwd: Path, log: Path) -> subprocess.Popen:

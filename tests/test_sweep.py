@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -40,7 +43,15 @@ def sweep_run(short_caches, tmp_path_factory):
     (work / "space.yaml").write_text(SPACE)
     caches = [f"{k}={v}" for k, v in short_caches.items()]
     args = ["--space", "space.yaml", "--out", "run", "--concurrency", "1", "--caches", *caches]
-    run = run_ablate([*args, "--tracker", "mlflow", "--tracker", "wandb"], work)  # W&B offline: WANDB_MODE unset
+    # the driver's temp dir (short: W&B puts its service socket there), whatever it and Ray leave in it
+    temp = Path(tempfile.mkdtemp(prefix="t-", dir="/tmp"))
+    try:
+        # W&B offline: WANDB_MODE unset
+        run = run_ablate([*args, "--tracker", "mlflow", "--tracker", "wandb"], work, env={"TMPDIR": str(temp)})
+        # Ray's own session folders live there too (``ray/``, ``_ray_lockfiles/``: its logs, as documented)
+        run.temp_left = sorted(p.name for p in temp.iterdir() if p.name not in ("ray", "_ray_lockfiles"))
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
     assert run.returncode == 0, run.stderr[-3000:]
     return work / "run", run
 
@@ -157,3 +168,13 @@ def test_wandb_writes_one_offline_run_per_trial_and_sends_nothing(sweep_run):
     probed = [data for data in files.values() if b"probe/linear_probe/" in data]
     assert len(probed) == 1  # the probed trial (the other was stopped by ASHA) ...
     assert b"val_total" in probed[0] and b"cpu_hours" in probed[0]  # ... with its curves in the same run
+
+
+def test_the_sweep_leaves_nothing_in_the_temp_dir(sweep_run):
+    """W&B's temporary folders and socket, Ray's dashboard forkserver folders: all gone when the sweep ends.
+
+    Before: ``tmp*wandb-artifacts``, ``tmp*wandb-media`` and ``wandb-<pid>-<pid>-<n>`` per trial, and a
+    ``pymp-*`` folder per Ray start, stayed in /tmp.
+    """
+    _, run = sweep_run
+    assert run.temp_left == [], run.temp_left

@@ -110,9 +110,13 @@ def resolve_plan(space: SearchSpace, caches: dict[str, Path] | None = None) -> l
             f"probes.datasets: {unknown} have no cache; this run has {sorted(caches)} "
             "(name a prepared cache with --caches NAME=DIR, or fix the spelling)"
         )
-    planned = space.trials() if space.search == "grid" else [
-        {"variant": "optuna", "overrides": {}, "seed": seed} for seed in space.seeds
-    ]  # fmt: skip
+    if space.search == "grid":
+        planned = space.trials()
+    elif space.search == "decide":  # the first round; later seeds go only where a comparison is undecided
+        first = space.decide_seeds()[: space.decide.min_seeds]
+        planned = [{"variant": v, "overrides": o, "seed": s} for s in first for v, o in space.grid_points()]
+    else:
+        planned = [{"variant": "optuna", "overrides": {}, "seed": seed} for seed in space.seeds]
     records = []
     for trial in planned:
         try:
@@ -215,6 +219,13 @@ def describe(space: SearchSpace, records: list[TrialRecord]) -> str:
         f"{plan.epochs} epochs; zero-shot {plan.zero_shot}; report generation "
         f"{plan.report_decoder if plan.report_generation else 'off'}; random-init floor {plan.random_floor}"
     )
+    if space.search == "decide":
+        d = space.decide
+        most = len(space.grid_points()) * d.max_seeds
+        lines.append(
+            f"decide: the trials above are the first round ({d.min_seeds} seeds); undecided variants get more seeds, "
+            f"up to {d.max_seeds} ({most} trials at most), margin {d.margin:g}, alpha {d.alpha:g}"
+        )
     lines += [f"WARNING: {note}" for note in tower_warnings(space, records)]
     return "\n".join(lines)
 

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Any
 
+from deri_sweep.io_utils import owned_temp_dir, remove_orphaned_temp_dirs
+
 log = logging.getLogger(__name__)
+
+#: prefix of the private temp folder of a local Ray instance started here
+RAY_TMP_PREFIX = "deri-ray-"
 
 
 def ray_env_defaults() -> None:
@@ -42,4 +51,41 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None, **kwarg
     if address:
         log.info("joining the Ray cluster at %s", address)
         return ray.init(address=address, **kwargs)
-    return ray.init(num_cpus=num_cpus, **kwargs)
+    return _start_local(ray, num_cpus=num_cpus, **kwargs)
+
+
+def _start_local(ray: Any, **kwargs: Any) -> Any:
+    """Start a local Ray whose processes keep their temporary files in a folder of this run, removed at exit.
+
+    Ray's processes inherit the environment of the process that starts them. Its dashboard
+    forks its modules through a multiprocessing forkserver that leaves a ``pymp-*`` folder
+    behind when Ray kills it at shutdown, one per Ray start; trial workers and tracker
+    actors write temporary files too. They all get ``TMPDIR`` = ``deri-ray-<pid>-*`` (Ray's
+    own session folders stay where Ray puts them, ``RAY_TMPDIR``), which is removed after
+    Ray shuts down at exit, or by the next start if this process was killed.
+    """
+    root = tempfile.gettempdir()
+    removed = remove_orphaned_temp_dirs(RAY_TMP_PREFIX, root)
+    if removed:
+        log.info("removed %d temp folder(s) of earlier, killed local Ray instances", removed)
+    os.environ.setdefault("RAY_TMPDIR", os.environ.get("TMPDIR") or root)  # where Ray would put its sessions
+    private = owned_temp_dir(RAY_TMP_PREFIX, root)
+    before = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"] = str(private)
+    try:
+        context = ray.init(**kwargs)
+    finally:  # this process keeps its own temp dir; only Ray's processes use the private one
+        if before is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = before
+    atexit.register(_shutdown_and_remove, private)
+    return context
+
+
+def _shutdown_and_remove(private: Path) -> None:
+    """At exit: shut the local Ray down (its processes end), then remove their temp folder."""
+    import ray
+
+    ray.shutdown()
+    shutil.rmtree(private, ignore_errors=True)

@@ -5,7 +5,7 @@ A space file (see ``search_spaces/*.yaml``) has these sections::
     name: interaction_depth            # defaults to the file name
     description: ...
     base: {optim.epochs: 3, ...}       # TrainConfig overrides shared by every trial
-    search: grid                       # grid | optuna
+    search: grid                       # grid | optuna | decide (seeds where undecided)
     variants: {full: {}, no_decode_t: {model.interaction.decode_t: false, ...}}
     grid: {model.interaction.depth: [0, 1, 2, 4]}
     optuna:                            # search: optuna only
@@ -21,6 +21,7 @@ A space file (see ``search_spaces/*.yaml``) has these sections::
     trial: {workers: 2, gpus_per_worker: 0, cpus_per_worker: 0.49, driver_cpus: 0.01, driver_on_head: true}
     probes: {datasets: [ptbxl], fractions: [0.01, 0.1, 1.0], seeds: [0], ...}
     workspace: {fs: 100, length: 1000}  # the synthetic default's caches (no --caches given)
+    decide: {margin: 0.005, alpha: 0.05, min_seeds: 2, max_seeds: 8}  # search: decide only
 
 Every configuration a space can produce is checked against :class:`TrainConfig`
 when the file is loaded, so a typo or an impossible combination fails before
@@ -38,6 +39,7 @@ from typing import Any, Literal
 
 import yaml
 
+from analysis.decisions import DecideRule
 from deri_sweep.config import ConfigError, apply_overrides, from_dict
 from deri_sweep.train_config import TrainConfig
 
@@ -196,13 +198,47 @@ class WorkspaceSpec:
 
 
 @dataclass
+class DecideSpec:
+    """The ``decide`` search mode (``search: decide``): seeds only where a comparison is undecided.
+
+    See :mod:`analysis.decisions` for the rule and
+    :mod:`deri_sweep.orchestration.decide_searcher` for the scheduling.
+
+    Attributes:
+        margin: equivalence margin on the objective (mean validation AUROC): 0.005 = half a point.
+        alpha: error rate spent over all looks.
+        min_seeds: seeds every variant and the baseline run first (>= 2).
+        max_seeds: seeds after which an undecided variant stops undecided.
+    """
+
+    margin: float = 0.005
+    alpha: float = 0.05
+    min_seeds: int = 2
+    max_seeds: int = 8
+
+    def __post_init__(self) -> None:
+        if not 0 < self.margin < 1:
+            raise ConfigError(f"decide.margin={self.margin} must lie in (0, 1) (AUROC units: 0.005 = half a point)")
+        if not 0 < self.alpha < 0.5:
+            raise ConfigError(f"decide.alpha={self.alpha} must lie in (0, 0.5)")
+        if self.min_seeds < 2 or self.max_seeds < self.min_seeds:
+            raise ConfigError(
+                f"decide: need 2 <= min_seeds <= max_seeds, got min_seeds={self.min_seeds} max_seeds={self.max_seeds}"
+            )
+
+    def rule(self) -> DecideRule:
+        """The decision rule (a larger objective is better: validation AUROC)."""
+        return DecideRule(self.margin, self.alpha, self.min_seeds, self.max_seeds, maximize=True)
+
+
+@dataclass
 class SearchSpace:
     """A validated ablation space (see the module docstring for the YAML)."""
 
     name: str = ""
     description: str = ""
     base: dict[str, Any] = field(default_factory=dict)
-    search: Literal["grid", "optuna"] = "grid"
+    search: Literal["grid", "optuna", "decide"] = "grid"
     variants: dict[str, dict[str, Any]] = field(default_factory=dict)
     grid: dict[str, list[Any]] = field(default_factory=dict)
     optuna: dict[str, ParamSpec] = field(default_factory=dict)
@@ -216,15 +252,25 @@ class SearchSpace:
     trial: TrialSpec = field(default_factory=TrialSpec)
     probes: ProbePlan = field(default_factory=ProbePlan)
     workspace: WorkspaceSpec = field(default_factory=WorkspaceSpec)
+    decide: DecideSpec = field(default_factory=DecideSpec)
 
     def __post_init__(self) -> None:
         if not self.seeds:
             raise ConfigError("seeds: give at least one pretraining seed")
         if self.metric not in REPORTED_METRICS:
             raise ConfigError(f"metric: {self.metric!r} is not reported by pretraining; use one of {REPORTED_METRICS}")
-        if self.search == "grid":
+        if self.search == "decide":
+            if self.objective != "probe":
+                raise ConfigError("search: decide reads the probe plan's validation AUROC; set objective: probe")
+            if self.scheduler.type != "none":
+                raise ConfigError("search: decide compares finished trials; set scheduler: {type: none}")
+            if not self.baseline:
+                raise ConfigError("search: decide compares variants with a baseline; name it under 'baseline'")
+            if not self.probes.datasets:
+                raise ConfigError("search: decide needs probes (probes.datasets): its objective is their val AUROC")
+        if self.search in ("grid", "decide"):
             if self.optuna:
-                raise ConfigError("optuna: parameters given but search is 'grid'; set search: optuna")
+                raise ConfigError(f"optuna: parameters given but search is {self.search!r}; set search: optuna")
             empty = [k for k, v in self.grid.items() if not v]
             if empty:
                 raise ConfigError(f"grid: axis {empty[0]!r} has no values")
@@ -233,6 +279,13 @@ class SearchSpace:
                 raise ConfigError("search: optuna needs at least one parameter under 'optuna'")
             if self.grid:
                 raise ConfigError("grid: axes given but search is 'optuna'; move them under 'optuna' as categorical")
+
+    def decide_seeds(self) -> list[int]:
+        """A decide sweep's seeds in order of use: ``seeds``, continued by consecutive ones to ``max_seeds``."""
+        seeds = list(dict.fromkeys(self.seeds))
+        while len(seeds) < self.decide.max_seeds:
+            seeds.append(max(seeds) + 1)
+        return seeds[: max(self.decide.max_seeds, 1)]
 
     def train_config(self, overrides: dict[str, Any], seed: int) -> TrainConfig:
         """The TrainConfig of one trial: base, then the trial's overrides, then its seed."""
@@ -305,7 +358,7 @@ class SearchSpace:
             self.train_config({}, self.seeds[0])
         except ConfigError as exc:
             raise ConfigError(f"base: {exc}") from exc
-        if self.search == "grid":
+        if self.search in ("grid", "decide"):
             labels = [label for label, _ in self.grid_points()]
             if self.baseline and self.baseline not in labels:
                 raise ConfigError(f"baseline: {self.baseline!r} is not one of the configurations {labels}")

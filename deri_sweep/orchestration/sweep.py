@@ -28,6 +28,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from deri_sweep.checkpoint import git_commit
 from deri_sweep.config import from_dict, to_dict
 from deri_sweep.io_utils import atomic_write_bytes, atomic_write_text
+from deri_sweep.orchestration.decide_searcher import DecideSearcher
 from deri_sweep.orchestration.pretrain import TrialResources, build_trainer, scratch_dir
 from deri_sweep.orchestration.probe_tasks import ProbeResources, collect, probe_suite
 from deri_sweep.orchestration.searchers import (
@@ -170,7 +171,12 @@ def _build_text_features(cache_dir: str, text: dict[str, Any]) -> str:
 
 def _planned_configs(space: SearchSpace) -> list[TrainConfig]:
     """The resolved config of every planned trial (a grid's; an Optuna search's base config)."""
-    plans = space.trials() if space.search == "grid" else [{"overrides": {}, "seed": space.seeds[0]}]
+    if space.search == "grid":
+        plans = space.trials()
+    elif space.search == "decide":  # every configuration; the seed does not change what is built
+        plans = [{"overrides": overrides, "seed": space.seeds[0]} for _, overrides in space.grid_points()]
+    else:
+        plans = [{"overrides": {}, "seed": space.seeds[0]}]
     return [space.train_config(t["overrides"], t["seed"]) for t in plans]
 
 
@@ -238,6 +244,11 @@ def _searcher(space: SearchSpace, run_id: str, optuna_storage: str, stopped_reco
     if space.search == "grid":
         plan = space.trials()
         return PlanSearcher(plan), len(plan)
+    if space.search == "decide":
+        points = dict(space.grid_points())
+        run_dir = stopped_record.parent
+        searcher = DecideSearcher(points, space.baseline, space.decide_seeds(), space.decide.rule(), run_dir)
+        return searcher, len(points) * space.decide.max_seeds
     import optuna
 
     mode = "max" if space.objective == "probe" else space.mode

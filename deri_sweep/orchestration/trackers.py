@@ -24,6 +24,7 @@ import importlib.util
 import logging
 import math
 import os
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,7 @@ from ray.tune.experiment import Trial
 
 from deri_sweep.checkpoint import git_commit
 from deri_sweep.config import to_dict
+from deri_sweep.io_utils import owned_temp_dir, remove_orphaned_temp_dirs
 from deri_sweep.orchestration.spaces import SearchSpace
 from deri_sweep.results import FINAL_REPORT_KEY
 
@@ -41,6 +43,7 @@ log = logging.getLogger(__name__)
 
 TRACKERS = ("mlflow", "wandb")
 EXPERIMENT = "deri-sweep"
+WANDB_TMP_PREFIX = "deri-wandb-"
 
 
 @dataclass(frozen=True)
@@ -185,14 +188,26 @@ def _mlflow_callback(uri: str, space: SearchSpace, run_dir: Path, run_id: str) -
 
 
 def _wandb_callback(space: SearchSpace, run_dir: Path, run_id: str) -> Any:
-    from ray.air.integrations.wandb import WandbLoggerCallback
+    import ray
+    from ray.air.integrations.wandb import WANDB_ENV_VAR, WandbLoggerCallback
+    from ray.air.util.node import _force_on_current_node
 
     os.environ.setdefault("WANDB_MODE", "offline")  # Ray's callback asks for an API key unless it sees this
 
     class SweepWandbCallback(WandbLoggerCallback):
-        """Ray Tune's W&B callback, one run per trial as the module says (offline by default)."""
+        """Ray Tune's W&B callback, one run per trial as the module says (offline by default).
+
+        W&B writes temporary folders and its service socket at import, in the logging actor
+        that Ray ends without letting Python clean up. The actors get a ``TMPDIR`` of the
+        sweep's own, removed when the experiment ends (or, after a killed driver, by the next
+        sweep on the node), so nothing of W&B's accumulates in the system temp dir.
+        """
 
         def __init__(self) -> None:
+            removed = remove_orphaned_temp_dirs(WANDB_TMP_PREFIX)
+            if removed:
+                log.info("removed %d W&B temp folder(s) of earlier, killed sweeps", removed)
+            self._tmp = owned_temp_dir(WANDB_TMP_PREFIX)
             commit = git_commit()
             self._base = {
                 "mode": os.environ["WANDB_MODE"],
@@ -201,6 +216,26 @@ def _wandb_callback(space: SearchSpace, run_dir: Path, run_id: str) -> Any:
             }
             self._extra = {"sweep_id": run_id, "git_commit": commit}
             super().__init__(project=os.environ.get("WANDB_PROJECT", EXPERIMENT), group=run_id, **self._base)
+
+        def _start_logging_actor(self, trial: Trial, exclude_results: list[str], **wandb_init_kwargs: Any) -> None:
+            if not self._remote_logger_class:  # Ray's own actor options, plus the TMPDIR
+                env_vars = {"TMPDIR": str(self._tmp)}
+                if WANDB_ENV_VAR in os.environ:
+                    env_vars[WANDB_ENV_VAR] = os.environ[WANDB_ENV_VAR]
+                self._remote_logger_class = ray.remote(
+                    num_cpus=0,
+                    **_force_on_current_node(),
+                    runtime_env={"env_vars": env_vars},
+                    max_restarts=-1,
+                    max_task_retries=-1,
+                )(self._logger_actor_cls)
+            super()._start_logging_actor(trial, exclude_results, **wandb_init_kwargs)
+
+        def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
+            try:
+                super().on_experiment_end(trials, **info)
+            finally:
+                shutil.rmtree(self._tmp, ignore_errors=True)
 
         @_guarded
         def log_trial_start(self, trial: Trial) -> None:
