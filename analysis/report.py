@@ -26,6 +26,7 @@ from analysis._html import esc, fmt_num, frame_to_html, page
 from analysis._io import RunData, RunDirError, load_run, write_text
 from analysis._table_render import comparison_html, write_comparison
 from analysis.decisions import DECISIONS_FILE, why_we_stopped
+from analysis.pareto import pareto_front, plot_pareto
 from analysis.tables import ComparisonTable, comparison_table, cost_per_variant, trials_summary, verdict_word
 
 __all__ = ["build_report", "main", "render_report"]
@@ -42,6 +43,7 @@ _SECTIONS = (
     ("summary", "Summary"),
     ("comparison", "Comparison"),
     ("decisions", "Why we stopped"),
+    ("pareto", "Quality vs cost"),
     ("ablation", "Ablation"),
     ("curves", "Learning curves"),
     ("parallel", "Parameters"),
@@ -178,6 +180,8 @@ def render_report(run: RunData, table: ComparisonTable, cost: pd.DataFrame) -> s
     body.append(_section("comparison", headline + _others(run, table.baseline)))
     if (run.run_dir / DECISIONS_FILE).is_file():
         body.append(_decisions(run))
+    if run.sweep.get("objectives") and run.trials is not None:
+        body.append(_pareto(run, notes))
 
     if table.frame.empty:
         abl = '<p class="note">No linear-probe results yet.</p>'
@@ -240,6 +244,23 @@ def _decisions(run: RunData) -> str:
     )
     digits = {"n_pairs": 0, "seeds_run": 0, "gpu_hours": 3}
     return _section("decisions", frame_to_html(table, digits=digits, default_digits=4) + caption)
+
+
+def _pareto(run: RunData, notes: list[str]) -> str:
+    """A multi-objective study's trials: the Pareto front in colour, dominated trials greyed out."""
+    objectives = list(run.sweep["objectives"])
+    front = pareto_front(run.trials, objectives)
+    if front.empty:
+        return _section("pareto", '<p class="note">No completed trial with every objective yet.</p>')
+    on_front = int((~front["dominated"]).sum())
+    fig = _figure(lambda: plot_pareto(front, objectives), "fig-pareto", notes)
+    caption = (
+        f'<p class="caption">Objectives {esc(", ".join(objectives))}: {on_front} of {len(front)} completed '
+        "trials are on the Pareto front (no other trial is at least as good on every objective and better on "
+        "one); dominated trials are grey.</p>"
+    )
+    rows = front.assign(dominated=front["dominated"].map({True: "dominated", False: "front"}))
+    return _section("pareto", fig + caption + frame_to_html(rows, default_digits=4))
 
 
 def _page(run: RunData, body: str) -> str:

@@ -282,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         "created": time.strftime("%Y-%m-%d %H:%M:%S"), "caches": {k: str(v) for k, v in caches.items()},
         "towers": towers_summary(space, records, local=args.local_towers),
         **({"decide": to_dict(space.decide)} if space.search == "decide" else {}),
+        **({"objectives": list(space.objectives)} if space.objectives else {}),
     }  # fmt: skip
     atomic_write_text(meta_file, json.dumps(meta, indent=2))
     timing = {"data_s": time.perf_counter() - started}

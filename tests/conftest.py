@@ -2,20 +2,9 @@
 
 from __future__ import annotations
 
-import fcntl
-import os
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-
-#: Under pytest-xdist (the README's test command runs 3 workers) every worker starts its
-#: own local Ray clusters. Each gets its own Ray temp folder, so that an ``ablate`` with no
-#: ``--address`` never joins the cluster another worker started with ``ray start --head``
-#: (Ray looks for ``<temp>/ray/ray_current_cluster``). Set before anything imports Ray.
-WORKER = os.environ.get("PYTEST_XDIST_WORKER")
-if WORKER:
-    os.environ.setdefault("RAY_TMPDIR", f"/tmp/ray-{WORKER}")
 
 REAL_ECG_DIR = Path(__file__).resolve().parents[1].parent / "shared/data/real-ecg"
 
@@ -34,41 +23,14 @@ SYNTH_SIZES = {"mimic": 800, "ptbxl": 160, "cpsc2018": 100, "csn": 100}
 SYNTH_FOLDERS = {"mimic": "mimic-iv-ecg", "ptbxl": "ptb-xl", "cpsc2018": "cpsc2018", "csn": "csn"}
 
 
-def once_per_run(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]) -> Path:
-    """The folder ``name`` built by ``build(folder)`` once per test run, shared by the xdist workers.
-
-    Without xdist it is a fresh folder of this session. Under xdist the workers share their
-    run's base folder: the first to take the lock builds, the others wait and reuse it
-    (a ``.done`` marker tells a finished build from one whose builder died).
-    """
-    if not WORKER:
-        folder = tmp_path_factory.mktemp(name)
-        build(folder)
-        return folder
-    shared = tmp_path_factory.getbasetemp().parent / name
-    shared.parent.mkdir(parents=True, exist_ok=True)
-    with open(shared.parent / f".{name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (shared / ".done").is_file():
-            if shared.exists():
-                import shutil
-
-                shutil.rmtree(shared)
-            shared.mkdir()
-            build(shared)
-            (shared / ".done").touch()
-    return shared
-
-
 @pytest.fixture(scope="session")
 def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A synthetic twin of the four datasets (seed 7, 5% injected defects), written once per run."""
+    """A synthetic twin of the four datasets (seed 7, 5% injected defects), written once per session."""
     from deri_sweep.data.synth import write_all
 
-    def build(root: Path) -> None:
-        write_all(root, seed=7, sizes=SYNTH_SIZES, defect_rate=0.05)
-
-    return once_per_run(tmp_path_factory, "synth", build)
+    root = tmp_path_factory.mktemp("synth")
+    write_all(root, seed=7, sizes=SYNTH_SIZES, defect_rate=0.05)
+    return root
 
 
 @pytest.fixture(scope="session")
@@ -90,12 +52,10 @@ def short_caches(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     from deri_sweep.data.signal import SignalOptions
 
     short = SignalOptions(length=1000, window=1000)
-    names = ("mimic", "ptbxl")
-
-    def build(root: Path) -> None:
-        for name in names:
-            options = PrepareOptions(name, short, shard_size=128, progress=False)
-            prepare(synth_root / SYNTH_FOLDERS[name], root / name, options)
-
-    root = once_per_run(tmp_path_factory, "short-caches", build)
-    return {name: root / name for name in names}
+    root = tmp_path_factory.mktemp("short-caches")
+    caches = {}
+    for name in ("mimic", "ptbxl"):
+        options = PrepareOptions(name, short, shard_size=128, progress=False)
+        prepare(synth_root / SYNTH_FOLDERS[name], root / name, options)
+        caches[name] = root / name
+    return caches

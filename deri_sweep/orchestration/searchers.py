@@ -137,6 +137,8 @@ class PruningOptunaSearch(OptunaSearch):
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         """Report the pretraining metric at each epoch as an intermediate value (step = epoch)."""
+        if isinstance(self.metric, list):
+            return  # a multi-objective study: Optuna takes no intermediate values (and prunes nothing)
         value = result.get(self.intermediate_metric)
         if value is None or trial_id in self._completed_trials or not math.isfinite(value):
             return

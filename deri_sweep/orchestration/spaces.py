@@ -16,6 +16,8 @@ A space file (see ``search_spaces/*.yaml``) has these sections::
     metric: val_total
     mode: min
     objective: pretrain                # pretrain (metric above) | probe (mean val AUROC of the probe plan)
+    objectives: [probe_val_auroc:max, gpu_hours:min]  # optuna only: a multi-objective study (Pareto front)
+    sampler: tpe                       # optuna only: tpe | nsga2
     baseline: full
     scheduler: {type: asha, grace_period: 1, reduction_factor: 2}
     trial: {workers: 2, gpus_per_worker: 0, cpus_per_worker: 0.49, driver_cpus: 0.01, driver_on_head: true}
@@ -40,6 +42,7 @@ from typing import Any, Literal
 import yaml
 
 from analysis.decisions import DecideRule
+from analysis.pareto import COLUMNS as OBJECTIVE_COLUMNS
 from deri_sweep.config import ConfigError, apply_overrides, from_dict
 from deri_sweep.train_config import TrainConfig
 
@@ -247,6 +250,8 @@ class SearchSpace:
     metric: str = "val_total"
     mode: Literal["min", "max"] = "min"
     objective: Literal["pretrain", "probe"] = "pretrain"
+    objectives: list[str] = field(default_factory=list)
+    sampler: Literal["tpe", "nsga2"] = "tpe"
     baseline: str = ""
     scheduler: SchedulerSpec = field(default_factory=SchedulerSpec)
     trial: TrialSpec = field(default_factory=TrialSpec)
@@ -268,6 +273,12 @@ class SearchSpace:
                 raise ConfigError("search: decide compares variants with a baseline; name it under 'baseline'")
             if not self.probes.datasets:
                 raise ConfigError("search: decide needs probes (probes.datasets): its objective is their val AUROC")
+        if self.objectives:
+            self.objective_directions()  # raises on a bad entry
+            if self.search != "optuna":
+                raise ConfigError("objectives: a multi-objective study needs search: optuna")
+            if "probe_val_auroc" in [o.split(":")[0] for o in self.objectives] and self.objective != "probe":
+                raise ConfigError("objectives: probe_val_auroc needs objective: probe (the trials must be probed)")
         if self.search in ("grid", "decide"):
             if self.optuna:
                 raise ConfigError(f"optuna: parameters given but search is {self.search!r}; set search: optuna")
@@ -279,6 +290,27 @@ class SearchSpace:
                 raise ConfigError("search: optuna needs at least one parameter under 'optuna'")
             if self.grid:
                 raise ConfigError("grid: axes given but search is 'optuna'; move them under 'optuna' as categorical")
+
+    def objective_keys(self) -> dict[str, str]:
+        """What ``objectives`` may name -> its key in a trial's final report (the space's ``metric`` is one)."""
+        return {**OBJECTIVE_COLUMNS, self.metric: self.metric}
+
+    def objective_directions(self) -> list[tuple[str, str]]:
+        """``objectives`` parsed into ``(name, "max" | "min")`` pairs: ``[("probe_val_auroc", "max"), ...]``.
+
+        Raises:
+            ConfigError: an entry that is not ``NAME:max`` / ``NAME:min`` with a known NAME, or fewer than two.
+        """
+        parsed = []
+        known = self.objective_keys()
+        for entry in self.objectives:
+            name, _, direction = str(entry).partition(":")
+            if name not in known or direction not in ("max", "min"):
+                raise ConfigError(f"objectives: {entry!r} must be NAME:max or NAME:min, NAME in {sorted(known)}")
+            parsed.append((name, direction))
+        if len(parsed) == 1 or len({n for n, _ in parsed}) != len(parsed):
+            raise ConfigError(f"objectives: {self.objectives} needs two or more distinct objectives (one: use metric)")
+        return parsed
 
     def decide_seeds(self) -> list[int]:
         """A decide sweep's seeds in order of use: ``seeds``, continued by consecutive ones to ``max_seeds``."""

@@ -251,12 +251,18 @@ def _searcher(space: SearchSpace, run_id: str, optuna_storage: str, stopped_reco
         return searcher, len(points) * space.decide.max_seeds
     import optuna
 
-    mode = "max" if space.objective == "probe" else space.mode
+    metric: str | list[str] = "objective"
+    mode: str | list[str] = "max" if space.objective == "probe" else space.mode
+    if space.objectives:  # a multi-objective study: Optuna keeps the Pareto front
+        metric = [space.objective_keys()[name] for name, _ in space.objective_directions()]
+        mode = [direction for _, direction in space.objective_directions()]
     storage = optuna.storages.RDBStorage(optuna_storage)
+    seed = space.seeds[0]
+    samplers = {"nsga2": optuna.samplers.NSGAIISampler, "tpe": optuna.samplers.TPESampler}
+    sampler = samplers[space.sampler](seed=seed)
     searcher = PruningOptunaSearch(
-        stopped_record, space.metric, pretrain_seed=space.seeds[0], space=define_by_run(space.optuna),
-        metric="objective", mode=mode,
-        sampler=optuna.samplers.TPESampler(seed=space.seeds[0]), study_name=run_id, storage=storage,
+        stopped_record, space.metric, pretrain_seed=seed, space=define_by_run(space.optuna),
+        metric=metric, mode=mode, sampler=sampler, study_name=run_id, storage=storage,
     )  # fmt: skip
     return searcher, space.num_samples
 

@@ -41,8 +41,10 @@ def write_importance(optuna_url: str, study_name: str, out: Path) -> Path | None
     if len(complete) < 2:
         log.info("importance needs at least 2 complete Optuna trials; have %d", len(complete))
         return None
+    # a multi-objective study: the importances for its first objective (Optuna needs one target)
+    target = (lambda t: t.values[0]) if len(study.directions) > 1 else None
     try:
-        importance = optuna.importance.get_param_importances(study)
+        importance = optuna.importance.get_param_importances(study, target=target)
     except (RuntimeError, ValueError) as exc:
         log.warning("hyper-parameter importance not computed: %s", exc)
         return None
