@@ -165,7 +165,8 @@ def test_a_decide_space_is_checked_at_load():
         ({"objective": "pretrain"}, "set objective: probe"),
         ({"scheduler": {"type": "asha"}}, "scheduler: {type: none}"),
         ({"baseline": ""}, "name it under 'baseline'"),
-        ({"decide": {"min_seeds": 1}}, "2 <= min_seeds <= max_seeds"),
+        ({"decide": {"min_seeds": 1}}, "decide.min_seeds must be at least 2"),
+        ({"decide": {"min_seeds": 5, "max_seeds": 4}}, "must be >= decide.min_seeds"),
         ({"decide": {"margin": 0.0}}, "decide.margin"),
         ({"decide": {"alpha": 0.7}}, "decide.alpha"),
     ):

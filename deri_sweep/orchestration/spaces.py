@@ -220,14 +220,10 @@ class DecideSpec:
     max_seeds: int = 8
 
     def __post_init__(self) -> None:
-        if not 0 < self.margin < 1:
-            raise ConfigError(f"decide.margin={self.margin} must lie in (0, 1) (AUROC units: 0.005 = half a point)")
-        if not 0 < self.alpha < 0.5:
-            raise ConfigError(f"decide.alpha={self.alpha} must lie in (0, 0.5)")
-        if self.min_seeds < 2 or self.max_seeds < self.min_seeds:
-            raise ConfigError(
-                f"decide: need 2 <= min_seeds <= max_seeds, got min_seeds={self.min_seeds} max_seeds={self.max_seeds}"
-            )
+        try:
+            self.rule()
+        except ValueError as exc:  # the rule checks its own values
+            raise ConfigError(str(exc)) from exc
 
     def rule(self) -> DecideRule:
         """The decision rule (a larger objective is better: validation AUROC)."""
