@@ -9,32 +9,30 @@ never imports the orchestration (Ray, Optuna). Entry point::
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
-from analysis._io import RunData, RunDirError, load_run
-from analysis._table_render import write_comparison
-from analysis.published import published_frame, published_rows
-from analysis.tables import ComparisonTable, comparison_table, cost_per_variant, trials_summary
+#: Public name -> the module that defines it. Loaded on first use (PEP 562), so importing one
+#: submodule (``analysis.decisions`` from a space, ``analysis.report`` as a program) does not
+#: import them all.
+_EXPORTS = {
+    "ComparisonTable": "analysis.tables",
+    "RunData": "analysis._io",
+    "RunDirError": "analysis._io",
+    "build_report": "analysis.report",
+    "comparison_table": "analysis.tables",
+    "cost_per_variant": "analysis.tables",
+    "load_run": "analysis._io",
+    "published_frame": "analysis.published",
+    "published_rows": "analysis.published",
+    "trials_summary": "analysis.tables",
+    "write_comparison": "analysis._table_render",
+}
 
-__all__ = [
-    "ComparisonTable",
-    "RunData",
-    "RunDirError",
-    "build_report",
-    "comparison_table",
-    "cost_per_variant",
-    "load_run",
-    "published_frame",
-    "published_rows",
-    "trials_summary",
-    "write_comparison",
-]
+__all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:
-    # ``build_report`` is loaded lazily so ``python -m analysis.report`` does not import the module twice.
-    if name == "build_report":
-        from analysis.report import build_report
-
-        return build_report
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'analysis' has no attribute {name!r}")

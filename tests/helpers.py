@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
@@ -44,3 +47,41 @@ def wait_for(probe: Callable[[], T], what: str, timeout: float = 600, every: flo
             return value
         time.sleep(every)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+@contextmanager
+def ray_process_env() -> Iterator[Path]:
+    """``os.environ`` for the Ray processes a test starts in-process (``ray.cluster_utils.Cluster``).
+
+    What a local ``init_ray`` gives its own processes: a private ``TMPDIR`` (Ray's dashboard
+    forks through a forkserver that leaves a ``pymp-*`` folder behind at every shutdown),
+    removed afterwards, and the Train settings of a one-machine instance. Ray's session
+    folders stay where they are (``RAY_TMPDIR``).
+    """
+    from deri_sweep.orchestration.runtime import LOCAL_TRAIN_ENV
+
+    private = Path(tempfile.mkdtemp(prefix="deri-test-ray-", dir="/tmp"))  # short: Ray's socket paths are limited
+    setting = {"RAY_TMPDIR": os.environ.get("RAY_TMPDIR") or tempfile.gettempdir(), "TMPDIR": str(private),
+               **LOCAL_TRAIN_ENV}  # fmt: skip
+    saved = {key: os.environ.get(key) for key in setting}
+    os.environ.update(setting)
+    try:
+        yield private
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        shutil.rmtree(private, ignore_errors=True)
+
+
+def ray_start_env(env: dict[str, str], temp_dir: str) -> dict[str, str]:
+    """``env`` for a ``ray start`` whose ``--temp-dir`` is ``temp_dir``: its processes' ``TMPDIR`` there too.
+
+    The ``pymp-*`` folders of Ray's dashboard (see :func:`ray_process_env`) then go with the
+    session folder the test removes; the Train settings are those of a one-machine instance.
+    """
+    from deri_sweep.orchestration.runtime import LOCAL_TRAIN_ENV
+
+    return {**env, **LOCAL_TRAIN_ENV, "TMPDIR": temp_dir}

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import run_ablate, start_ablate, wait_for
+from helpers import ray_process_env, run_ablate, start_ablate, wait_for
 
 from deri_sweep.pretraining import WorkerInfo, run_worker
 
@@ -56,12 +56,13 @@ def cluster():
     from deri_sweep.orchestration.runtime import ray_env_defaults
 
     ray_env_defaults()
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
-    for _ in range(2):
-        cluster.add_node(num_cpus=1)
-    cluster.wait_for_nodes()
-    yield cluster
-    cluster.shutdown()
+    with ray_process_env():  # for the whole module: nodes are replaced during the tests
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+        for _ in range(2):
+            cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        yield cluster
+        cluster.shutdown()
 
 
 def _node_running(cluster, kind: str, name: str) -> str | None:

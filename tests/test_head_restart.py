@@ -44,7 +44,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from helpers import ablate_command, wait_for
+from helpers import ablate_command, ray_start_env, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 pytest.importorskip("ray")
@@ -235,7 +235,8 @@ def head(redis, tmp_path):
          "--redis-password", redis.password, "--ray-client-server-port", str(_free_port()),
          "--dashboard-agent-listen-port", str(_free_port()), "--include-dashboard", "false",
          "--temp-dir", temp_dir, "--disable-usage-stats"],
-        env=head_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        env=ray_start_env(head_env, temp_dir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,
     )  # fmt: skip
     found = Head(env, f"127.0.0.1:{gcs_port}", gcs_port, namespace, [started.pid])
     try:

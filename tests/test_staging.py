@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from helpers import run_ablate
+from helpers import ray_process_env, run_ablate
 
 from deri_sweep.data.cache import SignalCache
 from deri_sweep.data.staging import MANIFEST, StageError, stage_cache, stage_path
@@ -141,20 +141,21 @@ def test_each_node_stages_once_a_corrupt_copy_is_redone_and_trials_read_their_no
     shard.write_bytes(bytes(data))
 
     ray_env_defaults()
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})  # the head runs the trial drivers only
-    try:
-        for disk in disks:
-            cluster.add_node(num_cpus=1, env_vars={LOCAL_DISK_ENV: str(disk)})
-        cluster.wait_for_nodes()
-        space = tmp_path / "space.yaml"
-        space.write_text(BASE)
-        run = run_ablate(
-            ["--space", str(space), "--out", "run", "--address", cluster.address, "--concurrency", "2", "--no-report",
-             "--caches", f"mimic={source}"],
-            tmp_path, timeout=900,
-        )  # fmt: skip
-    finally:
-        cluster.shutdown()
+    with ray_process_env():
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})  # the head runs the trial drivers only
+        try:
+            for disk in disks:
+                cluster.add_node(num_cpus=1, env_vars={LOCAL_DISK_ENV: str(disk)})
+            cluster.wait_for_nodes()
+            space = tmp_path / "space.yaml"
+            space.write_text(BASE)
+            run = run_ablate(
+                ["--space", str(space), "--out", "run", "--address", cluster.address, "--concurrency", "2",
+                 "--no-report", "--caches", f"mimic={source}"],
+                tmp_path, timeout=900,
+            )  # fmt: skip
+        finally:
+            cluster.shutdown()
     output = run.stdout + run.stderr
     assert run.returncode == 0, output[-4000:]
     copies = [stage_path(source, disk) for disk in disks]

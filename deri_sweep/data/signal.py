@@ -20,7 +20,6 @@ from fractions import Fraction
 from typing import Literal
 
 import numpy as np
-from scipy.signal import resample_poly
 
 from deri_sweep.data.record import CANONICAL_LEADS, TARGET_FS, TARGET_LEN, RecordError, canonical_lead
 
@@ -151,6 +150,8 @@ def resample(signal: np.ndarray, fs_in: float, fs_out: float) -> np.ndarray:
     if fs_in == fs_out:
         return signal
     ratio = Fraction(fs_out / fs_in).limit_denominator(1000)
+    from scipy.signal import resample_poly  # here: readers of a prepared cache never resample (1.5 s import)
+
     return resample_poly(signal, ratio.numerator, ratio.denominator, axis=-1)
 
 

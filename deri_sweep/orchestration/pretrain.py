@@ -21,7 +21,6 @@ from ray.train.torch import TorchTrainer
 
 from deri_sweep.config import from_dict, to_dict
 from deri_sweep.orchestration.staging import local_cache
-from deri_sweep.pretraining import WorkerInfo, run_worker
 from deri_sweep.train_config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -81,6 +80,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             "resource_kind": "gpu" | "cpu", "stage": bool}``; with ``stage`` the worker
             reads its node's local copy of the cache (:mod:`deri_sweep.orchestration.staging`).
     """
+    # imported here, not at the top: the trial drivers and Train controllers import this module too,
+    # and need none of the training stack (a process start costs its imports, several seconds on CPU nodes)
+    from deri_sweep.pretraining import WorkerInfo, run_worker
+
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     cfg = from_dict(TrainConfig, loop_config["config"])
     if loop_config.get("stage"):

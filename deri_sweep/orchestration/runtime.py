@@ -17,6 +17,13 @@ log = logging.getLogger(__name__)
 #: prefix of the private temp folder of a local Ray instance started here
 RAY_TMP_PREFIX = "deri-ray-"
 
+#: Ray Train settings of a local instance (one machine, no spot nodes), unless already set:
+#: no preemption-watcher actor per trial (it watches for cloud spot-node notices, and each
+#: actor costs a process start), and the controller polls its workers every 0.5 s, not 2 s,
+#: so a finished trial hands its CPUs on sooner. Measured on 2 cores, one 1-worker trial:
+#: TorchTrainer.fit 43 s -> 32 s. Clusters keep Ray's defaults.
+LOCAL_TRAIN_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
+
 
 def ray_env_defaults() -> None:
     """Environment every deri-sweep process sets before importing Ray.
@@ -69,6 +76,8 @@ def _start_local(ray: Any, **kwargs: Any) -> Any:
     if removed:
         log.info("removed %d temp folder(s) of earlier, killed local Ray instances", removed)
     os.environ.setdefault("RAY_TMPDIR", os.environ.get("TMPDIR") or root)  # where Ray would put its sessions
+    for key, value in LOCAL_TRAIN_ENV.items():  # Ray's processes inherit them; trial drivers pass them on
+        os.environ.setdefault(key, value)
     private = owned_temp_dir(RAY_TMP_PREFIX, root)
     before = os.environ.get("TMPDIR")
     os.environ["TMPDIR"] = str(private)

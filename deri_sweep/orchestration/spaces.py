@@ -37,14 +37,16 @@ import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 
-from analysis.decisions import DecideRule
 from analysis.pareto import COLUMNS as OBJECTIVE_COLUMNS
 from deri_sweep.config import ConfigError, apply_overrides, from_dict
 from deri_sweep.train_config import TrainConfig
+
+if TYPE_CHECKING:
+    from analysis.decisions import DecideRule
 
 SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
 #: the per-epoch metrics pretraining reports, which ``metric`` (ASHA's and Optuna's signal) may name
@@ -227,6 +229,8 @@ class DecideSpec:
 
     def rule(self) -> DecideRule:
         """The decision rule (a larger objective is better: validation AUROC)."""
+        from analysis.decisions import DecideRule  # here: every trial imports this module; scipy is slow to load
+
         return DecideRule(self.margin, self.alpha, self.min_seeds, self.max_seeds, maximize=True)
 
 

@@ -1,36 +1,28 @@
 """The ablation sweep: Ray Tune (+ Optuna) over DERI pretraining trials, each probed downstream.
 
-Every trial is a Tune *function trainable* (:func:`trial_driver`) holding a
-sliver of CPU. It builds and fits a TorchTrainer (named after the trial, so a
-restored sweep resumes it), streams the epochs to Tune through Ray Train's
-Tune callback (ASHA decides on them), then -- the TorchTrainer's workers and
-GPUs already released -- runs the probe suite as dependent Ray tasks on the
-checkpoint and reports the final objective. Everything a trial produced is
-written under ``RUN_DIR/trials/<trial_id>/`` atomically, so a resumed sweep
-does not redo finished trials or probes.
+:func:`run_sweep` builds the Tuner: the space's searcher (a grid plan, Optuna, or the
+``decide`` searcher), ASHA when the space asks for it, the trackers, and one Tune
+function trainable per trial (:func:`deri_sweep.orchestration.trial.trial_driver`).
+Before the first trial it builds the frozen text features once and stages the
+pretraining cache on every node. Everything a trial produced is written under
+``RUN_DIR/trials/<trial_id>/`` atomically, so a resumed sweep does not redo finished
+trials or probes.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import ray
 from ray import tune
-from ray.tune.integration.ray_train import TuneReportCallback
 
-from deri_sweep.checkpoint import git_commit
 from deri_sweep.config import from_dict, to_dict
-from deri_sweep.io_utils import atomic_write_bytes, atomic_write_text
 from deri_sweep.orchestration.decide_searcher import DecideSearcher
-from deri_sweep.orchestration.pretrain import TrialResources, build_trainer, scratch_dir
-from deri_sweep.orchestration.probe_tasks import ProbeResources, collect, probe_suite
+from deri_sweep.orchestration.pretrain import scratch_dir
 from deri_sweep.orchestration.searchers import (
     BudgetSearcher,
     PlanSearcher,
@@ -40,121 +32,14 @@ from deri_sweep.orchestration.searchers import (
 from deri_sweep.orchestration.spaces import SearchSpace, define_by_run
 from deri_sweep.orchestration.staging import stage_on_every_node
 from deri_sweep.orchestration.trackers import tracker_callbacks, trial_name
+from deri_sweep.orchestration.trial import SweepContext, trial_driver
 from deri_sweep.pretraining import remove_stale_checkpoint_dirs
-from deri_sweep.results import FINAL_REPORT_KEY, config_hash
 from deri_sweep.train_config import TrainConfig
 
 log = logging.getLogger(__name__)
 
 STOPPED_FILE = "stopped_trials.txt"
 HEAD_NODE_RESOURCE = "node:__internal_head__"
-
-
-@dataclass
-class SweepContext:
-    """What every trial driver needs to know (sent to trials by value).
-
-    Attributes:
-        run_id: the sweep's id.
-        run_dir: the run directory (shared storage on a cluster).
-        space: the validated space, as a dict.
-        caches: dataset name -> prepared cache directory.
-        storage: where Ray keeps trial checkpoints (a folder or URI).
-        probe_resources: resource request of one probe task.
-        stage: Train workers read their node's local copy of the pretraining cache
-            where the node sets ``DERI_LOCAL_DISK``.
-    """
-
-    run_id: str
-    run_dir: str
-    space: dict[str, Any]
-    caches: dict[str, str]
-    storage: str
-    probe_resources: dict[str, float] = field(default_factory=lambda: {"num_cpus": 0.25, "num_gpus": 0.0})
-    stage: bool = True
-
-
-def _objective(space: SearchSpace, metrics: dict[str, Any], probes: pd.DataFrame | None) -> float:
-    """The trial's objective: the pretraining metric, or mean val macro AUROC of its probes."""
-    if space.objective == "pretrain" or probes is None or probes.empty:
-        return float(metrics.get(space.metric, math.nan))
-    val = probes[(probes["encoder"] == "pretrained") & (probes["metric"] == "best_val_auroc")]["value"]
-    return float(val.mean()) if len(val) else math.nan
-
-
-class EpochReportCallback(TuneReportCallback):
-    """Ray Train's Tune callback, with ``objective`` present (NaN) in every epoch's report.
-
-    Tune requires the searcher's metric in every result; a trial's real objective
-    only exists in its final report (marked ``FINAL_REPORT_KEY``), once its probes ran.
-    """
-
-    def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
-        """Forward rank 0's metrics to Tune with a pending objective."""
-        super().after_report(run_context, [{"objective": math.nan, **metrics[0]}, *metrics[1:]], checkpoint)
-
-
-def trial_driver(config: dict[str, Any], context: SweepContext) -> None:
-    """One trial: pretrain (TorchTrainer), then probe the checkpoint, then report the objective."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    space = from_dict(SearchSpace, context.space)
-    trial_id = tune.get_context().get_trial_id()
-    run_dir = Path(context.run_dir)
-    out = run_dir / "trials" / trial_id
-    out.mkdir(parents=True, exist_ok=True)
-    overrides, seed = dict(config["overrides"]), int(config["seed"])
-    cfg = space.train_config(overrides, seed)
-    resources = TrialResources(space.trial.workers, space.trial.gpus_per_worker, space.trial.cpus_per_worker)
-    started = time.time()
-    trainer = build_trainer(
-        cfg, resources, storage=context.storage, name=f"trial_{trial_id}",
-        max_failures=space.trial.max_failures, callbacks=[EpochReportCallback()], stage=context.stage,
-    )  # fmt: skip
-    result = trainer.fit()
-    if result.error is not None or result.checkpoint is None:
-        raise RuntimeError(f"trial {trial_id}: pretraining failed: {result.error}")
-    # a local copy beside the trial's files: probe tasks read it even when Ray's storage is s3:// or gs://
-    checkpoint = result.checkpoint.to_directory(str(out / "checkpoint"))
-    metrics = dict(result.metrics)
-    units, _ = resources.accounting()
-    summary = {
-        "trial_id": trial_id,
-        "variant": config["variant"],
-        "seed": seed,
-        "overrides": overrides,
-        "config_hash": config_hash(overrides),
-        "checkpoint": checkpoint,
-        "hours": float(metrics.get("hours", 0.0)),
-        "epochs": float(metrics.get("epoch", 0.0)),
-        "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
-        "git_commit": git_commit(),
-        "optuna_number": config.get("optuna_number"),
-        # wall seconds: the whole fit (worker-group start included) and the epochs inside it
-        "pretrain_seconds": time.time() - started,
-        "train_seconds": float(metrics.get("hours", 0.0)) * 3600 / (resources.workers * (units or 1.0)),
-    }
-    atomic_write_text(out / "trial.json", json.dumps(summary, indent=2))
-    probes = None
-    if space.probes.datasets:
-        probes_file = out / "probes.parquet"
-        if probes_file.exists():
-            probes = pd.read_parquet(probes_file)
-        else:
-            probing = time.time()
-            # the random-init floor pairs with the baseline's seeds: one floor per seed, not per variant
-            floor = space.probes.random_floor and (not space.baseline or config["variant"] == space.baseline)
-            pending = probe_suite(
-                checkpoint, space.probes, context.caches, run_dir / "features",
-                resources=ProbeResources(**context.probe_resources), samples_dir=out,
-                random_floor=floor, floor_seed=seed,
-            )  # fmt: skip
-            probes = collect(pending)
-            atomic_write_bytes(probes_file, probes.to_parquet(index=False))
-            summary["probe_seconds"] = time.time() - probing
-            atomic_write_text(out / "trial.json", json.dumps(summary, indent=2))
-    objective = _objective(space, metrics, probes)
-    final = {k: metrics[k] for k in (space.metric, "epoch", "hours") if k in metrics}
-    tune.report({**final, "objective": objective, FINAL_REPORT_KEY: 1.0})
 
 
 def _build_text_features(cache_dir: str, text: dict[str, Any]) -> str:
