@@ -10,26 +10,22 @@ from typing import Any
 
 import pandas as pd
 
-from deri_sweep.io_utils import atomic_write_text
+from deri_sweep.common.result_files import (
+    CURVE_COLUMNS,
+    CURVES_FILE,
+    REQUIRED_RESULT_COLUMNS,
+    REQUIRED_TRIAL_COLUMNS,
+    TRIALS_FILE,
+)
+from deri_sweep.common.storage import atomic_write_text
 
 __all__ = ["REQUIRED_RESULT_COLUMNS", "RunData", "RunDirError", "load_run", "write_text"]
 
 logger = logging.getLogger(__name__)
 
-REQUIRED_RESULT_COLUMNS = (
-    "trial_id",
-    "variant",
-    "seed",
-    "task",
-    "eval",
-    "fraction",
-    "probe_seed",
-    "metric",
-    "value",
-)
 _OPTIONAL = {
-    "trials.parquet": ("trial_id", "variant", "state"),
-    "curves.parquet": ("trial_id", "epoch", "metric", "value"),
+    TRIALS_FILE: REQUIRED_TRIAL_COLUMNS,
+    CURVES_FILE: CURVE_COLUMNS,
     "importance.csv": ("param", "importance"),
 }
 

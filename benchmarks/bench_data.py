@@ -18,7 +18,7 @@ With ``--cold`` (Linux), also:
 
    a. random access: ``SignalCache.signals(rows)`` on batches of a random permutation
       of all rows, which is what the training DataLoader does (``DistributedSampler``
-      with shuffle + ``CacheDataset.__getitems__``, see ``deri_sweep/pretraining.py``);
+      with shuffle + ``CacheDataset.__getitems__``, see ``deri_sweep/train/recipe.py``);
    b. shuffle buffer: shards in a random order, each read sequentially (record by
       record into the free slots of a pre-allocated buffer of ``--shuffle-buffer``
       records), batches drawn at random from the buffer (webdataset-style), then the
@@ -387,15 +387,15 @@ def loader_reading() -> str:
     """How the pretraining DataLoader reads the cache, checked against the code."""
     import inspect
 
-    from deri_sweep import pretraining
+    from deri_sweep.train import recipe
 
-    source = inspect.getsource(pretraining._loader)
+    source = inspect.getsource(recipe._loader)
     if "DistributedSampler" in source and "shuffle=shuffle" in source:
         return (
-            "random access: deri_sweep.pretraining._loader uses DistributedSampler(shuffle=True) over all train rows "
+            "random access: deri_sweep.train.recipe._loader uses DistributedSampler(shuffle=True) over all train rows "
             "and CacheDataset.__getitems__, one SignalCache.signals gather per batch"
         )
-    return "unknown: deri_sweep.pretraining._loader changed, read it"
+    return "unknown: deri_sweep.train.recipe._loader changed, read it"
 
 
 def bench_cold(args: argparse.Namespace, small: SignalCache, tmp: Path, rdsamp_rate: float) -> float:

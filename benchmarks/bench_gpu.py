@@ -1,9 +1,9 @@
 """One-shot GPU benchmark of the DERI pretraining step at the spec's shapes, against the reference computation.
 
 Both paths run in the same process on the same device, on the same ECG batches, with the
-project's own model (``deri_sweep.model.DERI``), loss (``deri_sweep.losses.DeriLoss``),
-optimiser and schedule (``deri_sweep.engine.build_optimizer``: AdamW + per-iteration
-cosine warm restarts) and training step (``deri_sweep.engine.train_epoch``):
+project's own model (``deri_sweep.model.DERI``), loss (``deri_sweep.train.losses.DeriLoss``),
+optimiser and schedule (``deri_sweep.train.engine.build_optimizer``: AdamW + per-iteration
+cosine warm restarts) and training step (``deri_sweep.train.engine.train_epoch``):
 
 - ours: what pretraining runs on a GPU: bf16 autocast (``optim.precision: auto``), a DERI
   WITHOUT a text tower, text inputs from the fp16 feature cache padded to the longest
@@ -90,11 +90,11 @@ from transformers import BertConfig, BertModel
 from deri_sweep.data.cache import SignalCache
 from deri_sweep.data.prepare import PrepareOptions, prepare
 from deri_sweep.data.synth import write_all
-from deri_sweep.engine import autocast_dtype, train_epoch
-from deri_sweep.losses import DeriLoss
 from deri_sweep.model.config import ECGConfig, ModelConfig, TextConfig
 from deri_sweep.model.text_cache import TextFeatureStore, build_text_features
 from deri_sweep.model.text_tower import TextTower, load_tokenizer
+from deri_sweep.train.engine import autocast_dtype, train_epoch
+from deri_sweep.train.losses import DeriLoss
 
 #: Phases of the instrumented step, in order.
 PHASES = ("data to device", "forward", "backward", "optimizer")

@@ -1,6 +1,6 @@
 """Pretraining step throughput: cached text features + dynamic padding against the reference computation.
 
-Both paths run the same DERI training step (``deri_sweep.engine.train_epoch``: forward,
+Both paths run the same DERI training step (``deri_sweep.train.engine.train_epoch``: forward,
 weighted DERI loss, backward, AdamW step, scheduler step) on the same ECG batches, in
 the same process and on the same device; only the text side differs:
 
@@ -59,13 +59,13 @@ from transformers import BertConfig, BertModel
 from deri_sweep.data.cache import SignalCache
 from deri_sweep.data.prepare import PrepareOptions, prepare
 from deri_sweep.data.synth import write_all
-from deri_sweep.engine import TextSource, build_optimizer, train_epoch, unwrap
-from deri_sweep.losses import DeriLoss
 from deri_sweep.model.config import ModelConfig, TextConfig
 from deri_sweep.model.deri import DERI
 from deri_sweep.model.text_cache import TextFeatureStore, build_text_features
 from deri_sweep.model.text_tower import TextTower, load_tokenizer
-from deri_sweep.train_config import OptimConfig
+from deri_sweep.train.engine import TextSource, build_optimizer, train_epoch, unwrap
+from deri_sweep.train.losses import DeriLoss
+from deri_sweep.train.train_config import OptimConfig
 
 #: Dense bf16 peak (TFLOP/s, no sparsity) by a substring of ``torch.cuda.get_device_name()``; first match wins.
 PEAK_BF16_TFLOPS: tuple[tuple[str, float], ...] = (

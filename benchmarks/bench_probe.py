@@ -50,17 +50,17 @@ import numpy as np
 import pandas as pd
 import torch
 
-from deri_sweep.config import apply_overrides
+from deri_sweep.common.strict_loader import apply_overrides
 from deri_sweep.data.cache import CacheDataset, SignalCache, keep_batch
 from deri_sweep.data.prepare import PrepareOptions, prepare
 from deri_sweep.data.signal import SignalOptions
 from deri_sweep.data.synth import write_all
-from deri_sweep.evaluate.features import cached_features
+from deri_sweep.evaluate.features import RandomInit, cached_features
 from deri_sweep.evaluate.linear_probe import ProbeConfig
+from deri_sweep.evaluate.pretrained import random_init
 from deri_sweep.evaluate.probe_tasks import Task, run_linear_probes, task_rows, tasks_of_cache
 from deri_sweep.model.deri import DERI
-from deri_sweep.model.pretrained import random_init
-from deri_sweep.train_config import TrainConfig
+from deri_sweep.train.train_config import TrainConfig
 
 #: Text hidden size of the features-only DERI (the embedded MiniLM tower).
 TEXT_HIDDEN = 384
@@ -90,12 +90,10 @@ def run_ours(
     """Features once, then every task's probes; returns (extraction s, probes s, tidy results)."""
     start = time.perf_counter()
     features = cached_features(
-        f"random:{MODEL_SEED}",
+        RandomInit(MODEL_SEED, config, TEXT_HIDDEN),
         cache.root,
         config.model.probe.feature,
         feature_root,
-        train_config=config,
-        text_hidden_size=TEXT_HIDDEN,
         progress=False,
     )
     extract = time.perf_counter() - start

@@ -14,6 +14,7 @@ On a cluster::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -22,9 +23,10 @@ import sys
 import time
 from pathlib import Path
 
-from deri_sweep.config import ConfigError, from_dict, parse_override, to_dict
+from deri_sweep.common.cli_args import name_dirs
+from deri_sweep.common.strict_loader import ConfigError, Override, from_dict, parse_override, to_dict
+from deri_sweep.orchestration.results import sweep_timing
 from deri_sweep.orchestration.spaces import SearchSpace, WorkspaceSpec, load_space, space_file
-from deri_sweep.results import sweep_timing
 
 log = logging.getLogger("deri_sweep.ablate")
 
@@ -95,7 +97,7 @@ SPACE_SECTIONS = ("trial", "probes", "scheduler", "workspace", "decide")
 
 
 def _apply_set(space: SearchSpace, pairs: list[str]) -> SearchSpace:
-    """Apply ``--set KEY=VALUE`` pairs (values read as YAML, see ``parse_override``).
+    """A new space with ``--set KEY=VALUE`` pairs applied (each parsed once, values read as YAML).
 
     ``trial.*``, ``probes.*``, ``scheduler.*``, ``workspace.*`` and ``decide.*`` set fields of the space
     (e.g. ``--set trial.workers=1``); every other key overrides the base config of every
@@ -104,34 +106,33 @@ def _apply_set(space: SearchSpace, pairs: list[str]) -> SearchSpace:
     Raises:
         ConfigError: a bad pair, an unknown key or a wrong type, naming the ``--set``.
     """
-    data = to_dict(space)
-    for pair in pairs:
-        keys, value = parse_override(pair)
-        if keys[0] not in SPACE_SECTIONS:
-            data["base"][".".join(keys)] = value
+    data, checked = to_dict(space), space
+    for override in map(parse_override, pairs):
+        if override.keys[0] not in SPACE_SECTIONS:
+            data["base"][override.key] = override.value
         else:
             node = data
-            for key in keys[:-1]:
+            for key in override.keys[:-1]:
                 if not isinstance(node.get(key), dict):
-                    raise ConfigError(f"--set {pair}: {'.'.join(keys[:-1])} is not a section of the space")
+                    raise ConfigError(f"{override.text}: {'.'.join(override.keys[:-1])} is not a section of the space")
                 node = node[key]
-            node[keys[-1]] = value
-        try:
+            node[override.keys[-1]] = override.value
+        try:  # checked after each pair, so an error names the --set that caused it
             checked = from_dict(SearchSpace, data)
-        except ConfigError as exc:
-            raise ConfigError(f"--set {pair}: {exc}") from exc
-        checked.train_config({}, space.seeds[0])  # its errors already name the --set
-    return from_dict(SearchSpace, data)
+            checked.train_config({}, space.seeds[0])
+        except ConfigError as exc:  # a base value's error names it as the space holds it: name the --set instead
+            detail = str(exc).removeprefix(f"{Override.of(override.key, override.value).text}: ")
+            raise ConfigError(f"{override.text}: {detail}") from exc
+    return checked
 
 
 def _caches(args: argparse.Namespace, workspace: WorkspaceSpec, *, build: bool = True) -> dict[str, Path]:
     """The caches of the run: ``--caches``, else the embedded default's (built when ``build``)."""
     if args.caches:
-        pairs = [c.partition("=") for c in args.caches]
-        bad = [c for c, sep, _ in pairs if not sep]
-        if bad:
-            raise ConfigError(f"--caches {bad[0]!r}: expected NAME=DIR, e.g. mimic=/data/caches/mimic")
-        return {name: Path(path).resolve() for name, _, path in pairs}
+        try:
+            return name_dirs(args.caches)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
     from deri_sweep.data.signal import SignalOptions
     from deri_sweep.data.workspace import DATASETS, ensure_caches, ensure_synthetic
 
@@ -149,10 +150,10 @@ def _load(args: argparse.Namespace) -> SearchSpace:
     if args.overrides:
         space = _apply_set(space, args.overrides)
     if args.seeds:
-        space.seeds = list(dict.fromkeys(args.seeds))
+        space = dataclasses.replace(space, seeds=list(dict.fromkeys(args.seeds)))
     if args.local_towers:
         space = space.with_local_towers()
-    space.validate()
+    space.validate()  # every configuration the space can produce builds a TrainConfig
     return space
 
 
@@ -242,9 +243,9 @@ def main(argv: list[str] | None = None) -> int:
         args.dry_run = True
     if args.dry_run:
         return dry_run(args)
+    from deri_sweep.common.storage import StorageError, check_writable
     from deri_sweep.data.cache import CacheError
     from deri_sweep.data.readers import DatasetError
-    from deri_sweep.io_utils import StorageError, check_writable
     from deri_sweep.orchestration.dry_run import tower_warnings, towers_summary
 
     started = time.perf_counter()
@@ -257,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         caches = _caches(args, space.workspace)
         if "mimic" not in caches:
             raise ConfigError("--caches needs mimic=DIR (the pretraining cache)")
-        space.base["data.cache"] = str(caches["mimic"])
+        space = dataclasses.replace(space, base={**space.base, "data.cache": str(caches["mimic"])})
         space.validate()
         records = _plan(args, space, caches)
         hint = " (--min-free-gb lowers this check)"
@@ -268,8 +269,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
-    from deri_sweep.checkpoint import git_commit
-    from deri_sweep.io_utils import atomic_write_text
+    from deri_sweep.common.provenance import git_commit
+    from deri_sweep.common.storage import atomic_write_text
     from deri_sweep.orchestration.runtime import init_ray
     from deri_sweep.orchestration.sweep import prebuild_text_features, run_sweep, stage_pretraining_caches
     from deri_sweep.orchestration.wrapup import finish_run

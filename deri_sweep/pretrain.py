@@ -24,9 +24,9 @@ import sys
 import time
 from pathlib import Path
 
-from deri_sweep.config import ConfigError, apply_overrides, load_yaml
+from deri_sweep.common.strict_loader import ConfigError, apply_overrides, load_yaml
 from deri_sweep.orchestration.runtime import init_ray
-from deri_sweep.train_config import TrainConfig
+from deri_sweep.train.train_config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +67,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.print_config:
-        from deri_sweep.config import to_dict
+        from deri_sweep.common.strict_loader import to_dict
 
         print(json.dumps(to_dict(cfg), indent=2))
         return 0
+    from deri_sweep.common.storage import StorageError, check_writable
     from deri_sweep.data.cache import CacheError, SignalCache
-    from deri_sweep.io_utils import StorageError, check_writable
 
     try:
         SignalCache.open(cfg.data.cache)
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --storage: {exc}", file=sys.stderr)
         return 2
     init_ray(args.address)
-    from deri_sweep.orchestration.pretrain import TrialResources, build_trainer
+    from deri_sweep.orchestration.trainer import TrialResources, build_trainer
 
     resources = TrialResources(args.workers, args.gpus_per_worker, args.cpus_per_worker)
     storage = args.storage if "://" in args.storage else str(Path(args.storage).resolve())

@@ -51,12 +51,13 @@ def main(argv: list[str] | None = None) -> int:
     """Run the suite; returns the exit status."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from deri_sweep.checkpoint import CheckpointError, load_checkpoint
+    from deri_sweep.common.cli_args import name_dirs
     from deri_sweep.orchestration.spaces import ProbePlan
+    from deri_sweep.train.checkpoint import CheckpointError, load_checkpoint
 
     try:
         load_checkpoint(args.checkpoint)
-        caches = dict(c.split("=", 1) for c in args.caches)
+        caches = name_dirs(args.caches)
         datasets = args.datasets or list(caches)
         missing = [d for d in datasets if d not in caches]
         if missing:
@@ -68,8 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         datasets=datasets, fractions=args.fractions, seeds=args.seeds, feature=args.feature, epochs=args.epochs,
         zero_shot=not args.no_zero_shot, random_floor=not args.no_floor,
     )  # fmt: skip
-    from deri_sweep.io_utils import atomic_write_bytes, atomic_write_text
-    from deri_sweep.orchestration.probe_tasks import ProbeResources, collect, probe_suite
+    from deri_sweep.common.storage import atomic_write_bytes, atomic_write_text
+    from deri_sweep.orchestration.probe_jobs import ProbeResources, collect, probe_suite
     from deri_sweep.orchestration.runtime import init_ray
 
     init_ray(args.address)

@@ -31,10 +31,10 @@ import scipy.io
 
 from deri_sweep.data import inspect as inspect_cli
 from deri_sweep.data import prepare as prepare_cli
-from deri_sweep.data import synth_layouts as lay
 from deri_sweep.data.cache import SignalCache
+from deri_sweep.data.synth import layouts as lay
 from deri_sweep.data.synth import write_all
-from deri_sweep.data.synth_datasets import PTBXL_LEADS
+from deri_sweep.data.synth.datasets import PTBXL_LEADS
 from deri_sweep.data.wfdb_io import parse_header, read_signal
 
 SIZES = {"mimic": 10, "ptbxl": 10, "cpsc2018": 6, "csn": 6}

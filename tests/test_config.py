@@ -1,11 +1,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import pytest
 
-from deri_sweep.config import ConfigError, apply_overrides, from_dict, load_yaml
+from deri_sweep.common.strict_loader import ConfigError, apply_overrides, from_dict, load_yaml
 
 
 @dataclass
@@ -66,3 +67,14 @@ def test_int_given_for_float_is_accepted_but_bool_is_not():
     assert from_dict(Outer, {"lr": 1}).lr == 1.0
     with pytest.raises(ConfigError):
         from_dict(Outer, {"lr": True})
+
+
+def test_name_dir_arguments_parse_one_way_for_every_entry_point(tmp_path):
+    from deri_sweep.common.cli_args import name_dirs
+
+    assert name_dirs([f"mimic={tmp_path}", "ptbxl=rel/dir"]) == {"mimic": tmp_path, "ptbxl": Path("rel/dir").resolve()}
+    for bad, says in (("mimic", "expected NAME=DIR"), ("=dir", "expected NAME=DIR"), ("mimic=", "expected NAME=DIR")):
+        with pytest.raises(ValueError, match=says):
+            name_dirs([bad])
+    with pytest.raises(ValueError, match="'mimic' is given twice"):
+        name_dirs(["mimic=a", "mimic=b"])

@@ -13,7 +13,7 @@ import pytest
 from scipy import stats
 
 from analysis.decisions import DecideRule, decide, look_alphas, why_we_stopped
-from deri_sweep.config import ConfigError, from_dict
+from deri_sweep.common.strict_loader import ConfigError, from_dict
 from deri_sweep.orchestration.decide_searcher import DecideSearcher
 from deri_sweep.orchestration.spaces import SearchSpace
 

@@ -27,7 +27,7 @@ import pandas as pd
 import pytest
 from helpers import ray_process_env, run_ablate, start_ablate, wait_for
 
-from deri_sweep.pretraining import WorkerInfo, run_worker
+from deri_sweep.train.recipe import WorkerInfo, run_worker
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 ray = pytest.importorskip("ray")
@@ -102,7 +102,7 @@ def _reference_run(space_yaml: str, cache: Path, seed: int, tmp: Path) -> tuple[
     """The trial's pretraining run uninterrupted, in this process: final metrics and checkpoint."""
     import yaml
 
-    from deri_sweep.config import from_dict
+    from deri_sweep.common.strict_loader import from_dict
     from deri_sweep.orchestration.spaces import SearchSpace
 
     space = from_dict(SearchSpace, {**yaml.safe_load(space_yaml), "name": "reference"})
@@ -138,7 +138,7 @@ def test_node_death_resumes_and_a_corrupt_checkpoint_fails_only_its_trial(cluste
     import subprocess
     import sys
 
-    from deri_sweep.pretraining import CKPT_TMP_PREFIX
+    from deri_sweep.train.recipe import CKPT_TMP_PREFIX
 
     space, run_dir = tmp_path / "grid.yaml", tmp_path / "run"
     space.write_text(GRID_SPACE)
@@ -302,7 +302,7 @@ def _dashboard_shows_the_study(summary: str, study_name: str, states: dict[int, 
 
 
 def test_a_probe_task_whose_node_dies_is_retried_and_recorded_once(cluster, short_caches, reference):
-    from deri_sweep.orchestration.probe_tasks import collect, probe_suite
+    from deri_sweep.orchestration.probe_jobs import collect, probe_suite
     from deri_sweep.orchestration.spaces import ProbePlan
 
     _, checkpoint = reference

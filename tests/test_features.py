@@ -9,19 +9,20 @@ import numpy as np
 import pytest
 import torch
 
-from deri_sweep.checkpoint import CheckpointError, save_checkpoint
-from deri_sweep.config import to_dict
+from deri_sweep.common.strict_loader import to_dict
 from deri_sweep.data.cache import SignalCache
 from deri_sweep.data.prepare import PrepareOptions, prepare
 from deri_sweep.evaluate.features import (
+    RandomInit,
     cache_fingerprint,
     cached_features,
     checkpoint_fingerprint,
     extract_features,
     random_fingerprint,
 )
-from deri_sweep.model.pretrained import load_pretrained, random_init
-from deri_sweep.train_config import TrainConfig
+from deri_sweep.evaluate.pretrained import load_pretrained, random_init
+from deri_sweep.train.checkpoint import CheckpointError, save_checkpoint
+from deri_sweep.train.train_config import TrainConfig
 
 HIDDEN = 384  # the embedded MiniLM tower; no tower is loaded in these tests
 
@@ -133,7 +134,9 @@ def test_features_are_stored_once_and_reused(checkpoint: Path, cache_dir: Path, 
     stored.unlink()  # an incomplete entry is recomputed
     np.testing.assert_array_equal(first, cached_features(checkpoint, cache_dir, "aligned", root, batch_size=16))
 
-    floor = cached_features("random:3", cache_dir, "aligned", root, train_config=config, text_hidden_size=HIDDEN)
+    floor = cached_features(RandomInit(3, config, HIDDEN), cache_dir, "aligned", root)
     assert (root / random_fingerprint(3, config, HIDDEN)).is_dir() and not np.allclose(floor, first)
-    with pytest.raises(ValueError, match="train_config"):
-        cached_features("random:3", cache_dir, "aligned", root)
+    again = cached_features(RandomInit(3, config, HIDDEN), cache_dir, "aligned", root)
+    np.testing.assert_array_equal(floor, again)  # the same seed is the same floor, read back from the store
+    other = cached_features(RandomInit(4, config, HIDDEN), cache_dir, "aligned", root)
+    assert not np.allclose(other, floor)

@@ -11,8 +11,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from deri_sweep.losses import ClipLoss, DeriLoss
 from deri_sweep.model.config import LossConfig
+from deri_sweep.train.losses import ClipLoss, DeriLoss
 
 SCALE = 1 / 0.07
 

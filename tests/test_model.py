@@ -8,8 +8,7 @@ import pytest
 import torch
 from transformers import BertConfig, BertModel
 
-from deri_sweep.config import ConfigError, apply_overrides, from_dict, to_dict
-from deri_sweep.losses import DeriLoss
+from deri_sweep.common.strict_loader import ConfigError, apply_overrides, from_dict, to_dict
 from deri_sweep.model.config import (
     ECGConfig,
     InteractionConfig,
@@ -23,6 +22,7 @@ from deri_sweep.model.deri import DERI
 from deri_sweep.model.ecg_encoder import ResNet1D18, backbone_length, token_count
 from deri_sweep.model.report_decoder import ReportDecoder
 from deri_sweep.model.text_tower import TextTower, TextTowerError
+from deri_sweep.train.losses import DeriLoss
 
 SHORT = 1000  # samples of the short test signals: T = 21 tokens
 REPORTS = [

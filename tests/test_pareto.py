@@ -12,8 +12,8 @@ from test_analysis import write_run_dir
 
 from analysis.pareto import pareto_front
 from analysis.report import build_report
-from deri_sweep.config import ConfigError, from_dict
-from deri_sweep.orchestration.searchers import PruningOptunaSearch
+from deri_sweep.common.strict_loader import ConfigError, from_dict
+from deri_sweep.orchestration.searchers import PruningOptunaSearch, StopRecord
 from deri_sweep.orchestration.spaces import ParamSpec, SearchSpace, define_by_run
 
 OBJECTIVES = ["probe_val_auroc:max", "gpu_hours:min"]
@@ -37,7 +37,7 @@ def test_a_two_direction_study_gets_both_values_and_the_same_front(tmp_path):
     """The sweep's Optuna searcher with two objectives, driven as Tune drives it, on a real SQLite study."""
     storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}")
     searcher = PruningOptunaSearch(
-        tmp_path / "stopped_trials.txt", "val_total", pretrain_seed=42,
+        StopRecord(tmp_path / "stopped_trials.txt"), "val_total", pretrain_seed=42,
         space=define_by_run({"model.interaction.depth": ParamSpec(type="int", low=0, high=4),
                              "optim.lr": ParamSpec(type="float", low=1e-4, high=1e-2, log=True)}),
         metric=["objective", "hours"], mode=["max", "min"], sampler=optuna.samplers.NSGAIISampler(seed=0),
@@ -50,7 +50,7 @@ def test_a_two_direction_study_gets_both_values_and_the_same_front(tmp_path):
         assert config["variant"] == "optuna" and set(config["overrides"]) <= {"model.interaction.depth", "optim.lr"}
         searcher.on_trial_result(f"t{i}", {"val_total": 3.0, "epoch": 1.0})  # no intermediate values: ignored
         if i == 5:  # stopped by ASHA: reaches Optuna as PRUNED, without values
-            (tmp_path / "stopped_trials.txt").write_text("t5\n")
+            StopRecord(tmp_path / "stopped_trials.txt").add("t5")
             searcher.on_trial_complete("t5", {"val_total": 3.0, "epoch": 1.0})
             rows.append({"trial_id": "t5", "state": "PRUNED", "objective": np.nan, "hours": 0.1})
             continue

@@ -13,16 +13,16 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from deri_sweep.checkpoint import load_checkpoint
-from deri_sweep.config import apply_overrides
+from deri_sweep.common.strict_loader import apply_overrides
 from deri_sweep.data.cache import CacheDataset, SignalCache
 from deri_sweep.data.prepare import PrepareOptions, prepare
 from deri_sweep.data.signal import SignalOptions
-from deri_sweep.losses import DeriLoss
 from deri_sweep.model.config import ECGConfig, ModelConfig, RMEConfig, TextConfig
 from deri_sweep.model.deri import DERI
-from deri_sweep.pretraining import WorkerInfo, _loader, _rows, run_worker
-from deri_sweep.train_config import TrainConfig
+from deri_sweep.train.checkpoint import load_checkpoint
+from deri_sweep.train.losses import DeriLoss
+from deri_sweep.train.recipe import WorkerInfo, _loader, _rows, run_worker
+from deri_sweep.train.train_config import TrainConfig
 
 # 2 s of signal instead of 10 s keeps CPU steps short; everything else is the real pipeline
 SHORT = SignalOptions(length=1000, window=1000)
@@ -228,7 +228,7 @@ def local_ray():
 
 
 def _fit(cfg, workers, storage, name, **kwargs):
-    from deri_sweep.orchestration.pretrain import TrialResources, build_trainer
+    from deri_sweep.orchestration.trainer import TrialResources, build_trainer
 
     resources = TrialResources(workers=workers, cpus_per_worker=0.49)
     return build_trainer(cfg, resources, storage=str(storage), name=name, **kwargs).fit()

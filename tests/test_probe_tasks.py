@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from deri_sweep.checkpoint import save_checkpoint
-from deri_sweep.config import apply_overrides, to_dict
+from deri_sweep.common.strict_loader import apply_overrides, to_dict
 from deri_sweep.data.prepare import PrepareOptions, prepare
 from deri_sweep.data.signal import SignalOptions
-from deri_sweep.model.pretrained import random_init
+from deri_sweep.evaluate.pretrained import random_init
 from deri_sweep.orchestration.spaces import ProbePlan
-from deri_sweep.train_config import TrainConfig
+from deri_sweep.train.checkpoint import save_checkpoint
+from deri_sweep.train.train_config import TrainConfig
 
 ray = pytest.importorskip("ray")
 pytestmark = [pytest.mark.integration]
@@ -33,7 +33,7 @@ def setup(synth_root, tmp_path_factory):
 
 
 def test_suite_runs_one_task_per_task_fraction_seed_on_shared_features(setup):
-    from deri_sweep.orchestration.probe_tasks import collect, probe_suite
+    from deri_sweep.orchestration.probe_jobs import collect, probe_suite
 
     root, checkpoint = setup
     plan = ProbePlan(datasets=["ptbxl"], fractions=[0.5, 1.0], seeds=[0, 1], epochs=3, zero_shot=False)
@@ -48,7 +48,7 @@ def test_suite_runs_one_task_per_task_fraction_seed_on_shared_features(setup):
 
 
 def test_a_failing_task_is_retried_then_reported_as_failed(setup):
-    from deri_sweep.orchestration.probe_tasks import collect, probe_suite
+    from deri_sweep.orchestration.probe_jobs import collect, probe_suite
 
     root, checkpoint = setup
     broken = root / "broken"
@@ -62,7 +62,7 @@ def test_a_failing_task_is_retried_then_reported_as_failed(setup):
 
 
 def test_report_generation_task_scores_reports_and_saves_samples_only_when_asked(setup):
-    from deri_sweep.orchestration.probe_tasks import collect, probe_suite
+    from deri_sweep.orchestration.probe_jobs import collect, probe_suite
 
     root, checkpoint = setup
     plan = ProbePlan(datasets=["ptbxl"], fractions=[1.0], seeds=[0], epochs=2, zero_shot=False, random_floor=False,

@@ -10,9 +10,10 @@ import pytest
 from deri_sweep.data.cache import SignalCache
 from deri_sweep.data.prepare import PrepareOptions, prepare
 from deri_sweep.evaluate.report_generation import ReportGenConfig, report_rows, run_report_generation
+from deri_sweep.model.config import ReportDecoderConfig
 
 # Small and fast: a tiny GPT-2 over the MiniLM tokenizer, 16 test records, short generations.
-FAST = ReportGenConfig(epochs=8, batch_size=16, max_length=40, max_test=16, seed=0)
+FAST = ReportGenConfig(ReportDecoderConfig(name="tiny", max_length=40), epochs=8, batch_size=16, max_test=16, seed=0)
 TEXT_KEYS = ("bleu1", "bleu2", "bleu3", "bleu4", "rougeL")
 
 

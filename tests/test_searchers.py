@@ -13,8 +13,8 @@ from deri_sweep.orchestration.searchers import (
     BudgetSearcher,
     PlanSearcher,
     PruningOptunaSearch,
+    StopRecord,
     StopRecordingASHA,
-    stopped_trials,
 )
 from deri_sweep.orchestration.spaces import ParamSpec, define_by_run
 
@@ -27,7 +27,7 @@ class _Trial:
 
 
 def test_asha_stopped_trial_is_pruned_in_optuna_with_its_intermediate_values(tmp_path):
-    run, record = "run-pruned", tmp_path / "stopped.txt"
+    run, record = "run-pruned", StopRecord(tmp_path / "stopped.txt")
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     searcher = PruningOptunaSearch(
         record, "val_total", pretrain_seed=7, space=define_by_run({"model.loss.w_mix": ParamSpec("float", 0.1, 2.0)}),
@@ -45,7 +45,7 @@ def test_asha_stopped_trial_is_pruned_in_optuna_with_its_intermediate_values(tmp
     searcher.on_trial_result("good", {"val_total": 10.0, "training_iteration": 1})
     stop = {"epoch": 1.0, "val_total": 30.0, "training_iteration": 1}
     assert asha.on_trial_result(None, bad, stop) == TrialScheduler.STOP
-    assert stopped_trials(record) == {"bad"} and record.read_text().split() == ["bad"]
+    assert record.ids() == {"bad"} and record.path.read_text().split() == ["bad"]
     # as Tune does: a result the scheduler stopped on goes to on_trial_complete only, never to on_trial_result
     searcher.on_trial_complete("bad", result=stop)
     searcher.on_trial_result("good", {"val_total": 8.0, "training_iteration": 2})
@@ -59,19 +59,9 @@ def test_asha_stopped_trial_is_pruned_in_optuna_with_its_intermediate_values(tmp
     assert by_state[TrialState.COMPLETE].intermediate_values == {1: 10.0, 2: 8.0}
 
 
-def test_plain_ray_optuna_search_would_call_it_complete(tmp_path):
-    """The bug this project fixes, shown on Ray's own class."""
-    from ray.tune.search.optuna import OptunaSearch
-
-    search = OptunaSearch(space=define_by_run({"x": ParamSpec("float", 0.0, 1.0)}), metric="val_total", mode="min")
-    search.suggest("t")
-    search.on_trial_complete("t", result={"val_total": 30.0})
-    assert search._ot_study.trials[0].state == TrialState.COMPLETE
-
-
 def test_a_trial_at_its_last_epoch_is_never_stopped_even_on_a_rung(tmp_path):
     """4 epochs, grace 1, factor 2: epoch 4 is a rung. Plain ASHA stops the worse trial there, before its probes."""
-    record = tmp_path / "stopped.txt"
+    record = StopRecord(tmp_path / "stopped.txt")
     kwargs = {"time_attr": "epoch", "metric": "val_total", "mode": "min", "max_t": 5, "grace_period": 1,
               "reduction_factor": 2}  # fmt: skip
     plain, ours = ASHAScheduler(**kwargs), StopRecordingASHA(record, **kwargs)
@@ -85,7 +75,7 @@ def test_a_trial_at_its_last_epoch_is_never_stopped_even_on_a_rung(tmp_path):
         assert scheduler.on_trial_result(None, good, {"epoch": 4.0, "val_total": 1.0}) == TrialScheduler.CONTINUE
         decision = scheduler.on_trial_result(None, bad, {"epoch": 4.0, "val_total": 30.0})
         assert decision == (TrialScheduler.STOP if scheduler is plain else TrialScheduler.CONTINUE)
-    assert stopped_trials(record) == set() and not record.exists()
+    assert record.ids() == set() and not record.path.exists()
 
 
 def test_plan_searcher_hands_out_each_config_once_and_survives_a_restore(tmp_path):
@@ -124,8 +114,8 @@ def test_optuna_searcher_survives_save_and_restore_mid_trial(tmp_path):
 
     def searcher() -> PruningOptunaSearch:
         return PruningOptunaSearch(
-            tmp_path / "stopped.txt", "val_total", space=define_by_run(space), metric="objective", mode="max",
-            study_name=run, storage=optuna.storages.RDBStorage(storage),
+            StopRecord(tmp_path / "stopped.txt"), "val_total", space=define_by_run(space), metric="objective",
+            mode="max", study_name=run, storage=optuna.storages.RDBStorage(storage),
         )  # fmt: skip
 
     before = searcher()

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 import optuna
 import pytest
 
-from deri_sweep.config import ConfigError
+from deri_sweep.ablate import parse_args
+from deri_sweep.common.strict_loader import ConfigError
 from deri_sweep.orchestration.spaces import SPACES_DIR, define_by_run, load_space
 
 SHIPPED = sorted(SPACES_DIR.glob("*.yaml"))
@@ -19,13 +21,35 @@ def test_the_required_spaces_are_shipped():
     assert {"smoke", "interaction_depth", "decoders", "loss_weights", "paper_ablation", "tpe_joint"} <= names
 
 
+def _launch_commands(path) -> list[list[str]]:
+    """The ``python -m deri_sweep.ablate`` commands of a space's leading comment (continuations joined)."""
+    header = []
+    for line in path.read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        header.append(line.lstrip("#").strip())
+    text = " ".join(header).replace("\\ ", " ")
+    commands = []
+    for part in text.split("python -m deri_sweep.ablate")[1:]:
+        words = []
+        for word in shlex.split(part.split("(")[0]):
+            if word in ("or:", "#") or word.endswith(":"):
+                break
+            words.append(word)
+        commands.append(words)
+    return commands
+
+
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
 def test_every_shipped_space_loads_and_says_how_to_launch(path):
     space = load_space(path)
-    assert (
-        path.read_text().startswith("#")
-        and "deri_sweep.ablate" in path.read_text().split("\n")[1:3][0] + path.read_text()
-    )
+    commands = _launch_commands(path)
+    assert commands, f"{path.name}: no `python -m deri_sweep.ablate` command in its leading comment"
+    for words in commands:
+        args = parse_args(words)  # every flag of the comment is one ablate takes (SystemExit otherwise)
+        assert path.stem == "smoke" or args.space == f"search_spaces/{path.name}", (path.name, words)
+        named = SPACES_DIR.parent / args.space if "/" in args.space else args.space  # run from the repo root
+        assert load_space(named).name == space.name  # the command names THIS space
     if space.search == "grid":
         plan = space.trials()
         assert len(plan) == len(space.grid_points()) * len(space.seeds)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from helpers import run_ablate
 
-from deri_sweep.io_utils import StorageError, atomic_write_text, check_writable
+from deri_sweep.common.storage import StorageError, atomic_write_text, check_writable
 
 
 def _mount_tmpfs(target: Path, options: str) -> bool:
@@ -107,7 +107,7 @@ def test_temporary_checkpoint_folders_of_dead_workers_are_removed(tmp_path):
     import subprocess
     import sys
 
-    from deri_sweep.pretraining import CKPT_TMP_PREFIX, remove_stale_checkpoint_dirs
+    from deri_sweep.train.recipe import CKPT_TMP_PREFIX, remove_stale_checkpoint_dirs
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     stale = tmp_path / f"{CKPT_TMP_PREFIX}{int(dead.stdout)}-abc"  # its process has exited

@@ -16,10 +16,11 @@ import scipy.io
 import wfdb
 from scipy.signal import butter, filtfilt, find_peaks, resample_poly
 
-from deri_sweep.data import synth_datasets, synth_labels
-from deri_sweep.data.ecg_model import Condition, generate, generate_with_info, validate_conditions
 from deri_sweep.data.record import CANONICAL_LEADS, canonical_lead
 from deri_sweep.data.synth import DATASETS, EXPECTED_REASON, FOLDERS, main, write_all
+from deri_sweep.data.synth import datasets as synth_datasets
+from deri_sweep.data.synth import labels as synth_labels
+from deri_sweep.data.synth.dipole import Condition, generate, generate_with_info, validate_conditions
 
 FS = 500
 SMALL = {"mimic": 10, "ptbxl": 8, "cpsc2018": 6, "csn": 6}

@@ -16,7 +16,6 @@ import pytest
 import torch
 from transformers import BertConfig, BertModel
 
-from deri_sweep.losses import DeriLoss
 from deri_sweep.model.config import ECGConfig, ModelConfig, TextConfig
 from deri_sweep.model.deri import DERI
 from deri_sweep.model.text_cache import (
@@ -27,6 +26,7 @@ from deri_sweep.model.text_cache import (
     feature_slug,
 )
 from deri_sweep.model.text_tower import TextTower
+from deri_sweep.train.losses import DeriLoss
 
 REPORTS = [
     "sinus rhythm. normal ecg.",

@@ -29,13 +29,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from deri_sweep.data.cache import CACHE_VERSION, GAIN_PER_MV, CacheError, label_column
-from deri_sweep.data.parallel import map_chunks
-from deri_sweep.data.readers import Reader, open_reader
-from deri_sweep.data.record import RecordError
-from deri_sweep.data.signal import SignalOptions
-from deri_sweep.data.splits import default_split, normalise_id, read_split_files
-from deri_sweep.io_utils import (
+from deri_sweep.common.storage import (
     LockHeld,
     StorageError,
     atomic_write_bytes,
@@ -45,6 +39,12 @@ from deri_sweep.io_utils import (
     file_lock,
     remove_partial_writes,
 )
+from deri_sweep.data.cache import CACHE_VERSION, GAIN_PER_MV, CacheError, label_column
+from deri_sweep.data.parallel import map_chunks
+from deri_sweep.data.readers import Reader, open_reader
+from deri_sweep.data.record import RecordError
+from deri_sweep.data.signal import SignalOptions
+from deri_sweep.data.splits import default_split, normalise_id, read_split_files
 
 log = logging.getLogger(__name__)
 

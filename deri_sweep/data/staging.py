@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from deri_sweep.io_utils import atomic_write_text, file_lock
+from deri_sweep.common.storage import atomic_write_text, file_lock
 
 log = logging.getLogger(__name__)
 

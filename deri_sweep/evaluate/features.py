@@ -25,28 +25,51 @@ import io
 import json
 import logging
 import time
+import typing
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from deri_sweep.checkpoint import META_FILE, STATE_FILE, CheckpointError
-from deri_sweep.config import to_dict
+from deri_sweep.common.storage import atomic_write_bytes, atomic_write_text
+from deri_sweep.common.strict_loader import to_dict
 from deri_sweep.data.cache import SignalCache
 from deri_sweep.data.signal import NormMode
-from deri_sweep.io_utils import atomic_write_bytes, atomic_write_text
+from deri_sweep.evaluate.pretrained import load_pretrained, random_init, read_train_config
+from deri_sweep.model.config import ProbeFeature
 from deri_sweep.model.deri import DERI
-from deri_sweep.model.pretrained import load_pretrained, random_init, read_train_config
-from deri_sweep.train_config import TrainConfig
+from deri_sweep.train.checkpoint import META_FILE, STATE_FILE, CheckpointError
+from deri_sweep.train.train_config import TrainConfig
 
 log = logging.getLogger(__name__)
 
-Feature = Literal["mix", "aligned", "resnet"]
-FEATURES: tuple[str, ...] = ("mix", "aligned", "resnet")
-RANDOM_PREFIX = "random:"
+FEATURES: tuple[str, ...] = typing.get_args(ProbeFeature)
 FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class RandomInit:
+    """The random-init floor as a feature source: an untrained DERI of a run's architecture.
+
+    Attributes:
+        seed: weight seed (the pretraining seed it pairs with).
+        train_config: the run's config (architecture, ``data.norm``).
+        text_hidden_size: the run's text hidden size (the projection's input).
+    """
+
+    seed: int
+    train_config: TrainConfig
+    text_hidden_size: int
+
+    def __str__(self) -> str:
+        return f"random-init(seed={self.seed})"
+
+
+#: What features are computed from: a checkpoint directory, or the random-init floor.
+FeatureSource = str | Path | RandomInit
 
 
 def _digest(*parts: bytes) -> str:
@@ -94,7 +117,7 @@ def cache_fingerprint(cache_dir: str | Path) -> str:
 def extract_features(
     model: DERI,
     cache: SignalCache,
-    feature: Feature,
+    feature: ProbeFeature,
     *,
     batch_size: int = 64,
     device: str | torch.device = "cpu",
@@ -156,20 +179,16 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def _load_source(
-    source: str | Path, train_config: TrainConfig | None, text_hidden_size: int | None
-) -> tuple[str, TrainConfig, int, Any]:
-    """Fingerprint, config, hidden size and a model loader for a checkpoint dir or ``"random:<seed>"``."""
-    text = str(source)
-    if text.startswith(RANDOM_PREFIX):
-        if train_config is None or text_hidden_size is None:
-            raise ValueError(f"source {text!r}: the random-init floor needs train_config= and text_hidden_size=")
-        try:
-            seed = int(text[len(RANDOM_PREFIX) :])
-        except ValueError as exc:
-            raise ValueError(f"source {text!r}: expected 'random:<integer seed>'") from exc
-        fingerprint = random_fingerprint(seed, train_config, text_hidden_size)
-        return fingerprint, train_config, text_hidden_size, lambda: random_init(train_config, text_hidden_size, seed)
+def _load_source(source: FeatureSource) -> tuple[str, TrainConfig, int, Any]:
+    """Fingerprint, config, hidden size and a model loader of a feature source."""
+    if isinstance(source, RandomInit):
+        fingerprint = random_fingerprint(source.seed, source.train_config, source.text_hidden_size)
+        return (
+            fingerprint,
+            source.train_config,
+            source.text_hidden_size,
+            lambda: random_init(source.train_config, source.text_hidden_size, source.seed),
+        )
     directory = Path(source)
     fingerprint = checkpoint_fingerprint(directory)
     meta = _read_json(directory / META_FILE)
@@ -180,13 +199,11 @@ def _load_source(
 
 
 def cached_features(
-    source: str | Path,
+    source: FeatureSource,
     cache_dir: str | Path,
-    feature: Feature,
+    feature: ProbeFeature,
     feature_root: str | Path,
     *,
-    train_config: TrainConfig | None = None,
-    text_hidden_size: int | None = None,
     batch_size: int = 64,
     device: str | torch.device = "cpu",
     progress: bool = True,
@@ -194,12 +211,10 @@ def cached_features(
     """Features of a cache from a checkpoint (or the random-init floor): computed once, then loaded.
 
     Args:
-        source: checkpoint directory, or ``"random:<seed>"`` for the random-init floor.
+        source: checkpoint directory, or :class:`RandomInit` for the random-init floor.
         cache_dir: prepared downstream cache.
         feature: ``"mix"``, ``"aligned"`` or ``"resnet"``.
         feature_root: root of the on-disk feature store.
-        train_config: architecture and ``data.norm`` of the floor (``random:`` sources only).
-        text_hidden_size: text hidden size of the floor (``random:`` sources only).
         batch_size: records per forward.
         device: where to run the encoder.
         progress: show a tqdm bar while embedding.
@@ -214,7 +229,7 @@ def cached_features(
     if feature not in FEATURES:
         raise ValueError(f"feature={feature!r}; choose one of {FEATURES}")
     cache_dir = Path(cache_dir)
-    fingerprint, config, hidden, build = _load_source(source, train_config, text_hidden_size)
+    fingerprint, config, hidden, build = _load_source(source)
     cache = SignalCache.open(cache_dir)
     folder = Path(feature_root) / fingerprint / cache_fingerprint(cache_dir)
     array_path, meta_path = feature_paths(folder, feature)

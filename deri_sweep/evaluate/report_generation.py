@@ -15,10 +15,11 @@ dropout is on while training and off for scoring and generation.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -35,55 +36,40 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ReportGenConfig:
-    """Report-generation settings.
+    """Report-generation settings: the decoder (its own config) and how it is fine-tuned and scored.
 
     Attributes:
-        decoder: ``"tiny"`` (small random GPT-2 over ``tokenizer``) or a GPT-2 hub id / local path.
+        decoder: the GPT-2 decoder (:class:`ReportDecoderConfig`: ``name`` ``"tiny"`` for a small
+            random GPT-2 over ``tokenizer``, or a hub id / local path; ``max_length`` tokens
+            including [BOS], spec 257; ``num_beams``, spec 3; the tiny decoder's size). It
+            cross-attends to one memory token (the frozen feature), whatever its ``feature``.
         tokenizer: text tower name whose tokenizer the tiny decoder uses (``"embedded"``: MiniLM).
         epochs: fine-tuning epochs over the train split (0: the untrained decoder).
         batch_size: reports per training step.
         lr: AdamW learning rate (spec: 1e-3).
         weight_decay: AdamW weight decay (spec: 1e-8).
-        max_length: decoder tokens including [BOS], for training and generation (spec: 257).
-        num_beams: beam size of generation (spec: 3).
         eval_batch_size: records per scoring / generation call.
         max_test: score only the first N test records (0: all).
         n_samples: generated samples returned, the first test records (0: none).
         seed: decoder initialisation and shuffling.
         device: where the decoder runs.
-        tiny_layers: layers of the tiny decoder.
-        tiny_heads: heads of the tiny decoder.
-        tiny_embd: width of the tiny decoder.
     """
 
-    decoder: str = "tiny"
+    decoder: ReportDecoderConfig = field(default_factory=lambda: ReportDecoderConfig(name="tiny"))
     tokenizer: str = "embedded"
     epochs: int = 10
     batch_size: int = 32
     lr: float = 1e-3
     weight_decay: float = 1e-8
-    max_length: int = 257
-    num_beams: int = 3
     eval_batch_size: int = 64
     max_test: int = 0
     n_samples: int = 5
     seed: int = 0
     device: str = "cpu"
-    tiny_layers: int = 2
-    tiny_heads: int = 4
-    tiny_embd: int = 128
 
     def decoder_config(self) -> ReportDecoderConfig:
-        """The :class:`ReportDecoderConfig` of this decoder (one memory token)."""
-        return ReportDecoderConfig(
-            name=self.decoder,
-            feature="token",
-            max_length=self.max_length,
-            num_beams=self.num_beams,
-            tiny_layers=self.tiny_layers,
-            tiny_heads=self.tiny_heads,
-            tiny_embd=self.tiny_embd,
-        )
+        """The decoder's config with one memory token (the frozen feature is one vector per record)."""
+        return dataclasses.replace(self.decoder, feature="token")
 
 
 def report_rows(cache: SignalCache) -> tuple[dict[str, np.ndarray], list[str]]:
@@ -151,7 +137,7 @@ def _score(
         n_pred = float(mask[:, 1:].sum())  # every real token after [BOS] is predicted
         total += float(decoder(memory, ids.to(config.device), mask.to(config.device))) * n_pred
         tokens += n_pred
-        generated += decoder.generate(memory, num_beams=config.num_beams, max_length=config.max_length)
+        generated += decoder.generate(memory, num_beams=config.decoder.num_beams, max_length=config.decoder.max_length)
     return total / max(tokens, 1.0), generated
 
 
@@ -188,7 +174,7 @@ def run_report_generation(
         )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        tokenizer = load_tokenizer(config.tokenizer) if config.decoder == "tiny" else None
+        tokenizer = load_tokenizer(config.tokenizer) if config.decoder.name == "tiny" else None
         decoder = ReportDecoder(config.decoder_config(), text_tokenizer=tokenizer, ecg_dim=features.shape[1])
         decoder.to(config.device)
         curve = _train(decoder, features, texts, rows["train"], config)

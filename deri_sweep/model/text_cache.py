@@ -33,7 +33,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from deri_sweep.io_utils import LockHeld, file_lock
+from deri_sweep.common.storage import LockHeld, file_lock
 from deri_sweep.model.config import TextConfig
 from deri_sweep.model.text_tower import TextTower
 

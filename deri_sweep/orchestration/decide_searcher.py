@@ -28,7 +28,7 @@ import pandas as pd
 from ray.tune.search import Searcher
 
 from analysis.decisions import DECISIONS_FILE, DecideRule, Decision, decide
-from deri_sweep.io_utils import atomic_write_bytes
+from deri_sweep.common.storage import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 

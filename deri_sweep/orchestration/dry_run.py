@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from deri_sweep.config import ConfigError, to_dict
+from deri_sweep.common.strict_loader import ConfigError, to_dict
 from deri_sweep.orchestration.spaces import SearchSpace
-from deri_sweep.train_config import TrainConfig
+from deri_sweep.train.train_config import TrainConfig
 
 log = logging.getLogger(__name__)
 

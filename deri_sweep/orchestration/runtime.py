@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from deri_sweep.io_utils import owned_temp_dir, remove_orphaned_temp_dirs
+from deri_sweep.common.storage import owned_temp_dir, remove_orphaned_temp_dirs
 
 log = logging.getLogger(__name__)
 

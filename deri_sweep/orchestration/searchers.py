@@ -7,9 +7,10 @@
   stopped trials: Ray tells Optuna that a trial ASHA stopped is COMPLETE with
   its truncated value, which misleads TPE; here such trials reach Optuna as
   PRUNED, with their intermediate values.
-- :class:`StopRecordingASHA` is ASHA that records which trials it stopped (in a
-  file of the run directory, which the searcher reads: it survives ``--resume``)
-  and never stops a trial at its last epoch (a finished pretraining is probed).
+- :class:`StopRecordingASHA` is ASHA that records which trials it stopped in a
+  :class:`StopRecord` (the link handed to both it and the searcher: a file of the
+  run directory, so a resumed sweep rebuilds it with every stop made before) and
+  never stops a trial at its last epoch (a finished pretraining is probed).
 - :class:`BudgetSearcher` stops suggesting new trials once the compute-hour
   budget is spent (running trials finish).
 """
@@ -20,6 +21,7 @@ import logging
 import math
 import pickle
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,15 +29,33 @@ from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from deri_sweep.results import FINAL_REPORT_KEY
+from deri_sweep.orchestration.results import FINAL_REPORT_KEY
 
 log = logging.getLogger(__name__)
 
 
-def stopped_trials(record: str | Path) -> set[str]:
-    """Trial ids the scheduler stopped early, read from its record file (empty when absent)."""
-    path = Path(record)
-    return set(path.read_text().split()) if path.exists() else set()
+@dataclass(frozen=True)
+class StopRecord:
+    """The trials ASHA stopped early: written by the scheduler, read by the Optuna searcher.
+
+    Both are handed the same record. It lives in a file of the run directory (one trial id
+    per line), so the record a resumed sweep builds on the same file holds every stop made
+    before the driver restarted.
+
+    Attributes:
+        path: the record file (absent until the first stop).
+    """
+
+    path: Path
+
+    def add(self, trial_id: str) -> None:
+        """Record that ``trial_id`` was stopped."""
+        with open(self.path, "a") as fh:
+            fh.write(f"{trial_id}\n")
+
+    def ids(self) -> set[str]:
+        """Every trial id recorded so far (empty when none was stopped)."""
+        return set(self.path.read_text().split()) if self.path.exists() else set()
 
 
 class StopRecordingASHA(ASHAScheduler):
@@ -47,14 +67,13 @@ class StopRecordingASHA(ASHAScheduler):
     finished. Here a trial that reached its last epoch always continues.
 
     Args:
-        record: file the stopped trial ids are appended to (one per line); the
-            searcher reads it, so the record survives a driver restart.
+        record: where the stopped trials go (the searcher reads the same record).
         **kwargs: passed to ``ASHAScheduler`` (time_attr, metric, mode, max_t, ...).
     """
 
-    def __init__(self, record: str | Path, **kwargs: Any) -> None:
+    def __init__(self, record: StopRecord, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.record = Path(record)
+        self.record = record
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
         """Let ASHA decide; a STOP before the last epoch is recorded, one at the last epoch is overruled."""
@@ -64,8 +83,7 @@ class StopRecordingASHA(ASHAScheduler):
             return decision
         if finished:
             return TrialScheduler.CONTINUE  # pretraining is done: its probes and final report come next
-        with open(self.record, "a") as fh:
-            fh.write(f"{trial.trial_id}\n")
+        self.record.add(trial.trial_id)
         log.info("ASHA stopped trial %s at epoch %s", trial.trial_id, result.get("epoch"))
         return decision
 
@@ -111,18 +129,16 @@ class PruningOptunaSearch(OptunaSearch):
     """OptunaSearch whose early-stopped trials reach Optuna as PRUNED.
 
     Args:
-        stopped_record: the scheduler's record of stopped trials (see :class:`StopRecordingASHA`).
+        stopped: the scheduler's record of stopped trials (see :class:`StopRecordingASHA`).
         intermediate_metric: the per-epoch metric reported to Optuna as
             intermediate values (the pretraining validation loss).
         pretrain_seed: the pretraining seed of every trial (replicate a found config with a grid).
         **kwargs: passed to ``OptunaSearch`` (space, metric, mode, sampler, study_name, storage).
     """
 
-    def __init__(
-        self, stopped_record: str | Path, intermediate_metric: str, pretrain_seed: int = 42, **kwargs: Any
-    ) -> None:
+    def __init__(self, stopped: StopRecord, intermediate_metric: str, pretrain_seed: int = 42, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.stopped_record = Path(stopped_record)
+        self.stopped = stopped
         self.intermediate_metric = intermediate_metric
         self.pretrain_seed = pretrain_seed
 
@@ -157,7 +173,7 @@ class PruningOptunaSearch(OptunaSearch):
         (only to this method), so that last intermediate value is reported here before the
         trial is told PRUNED (Optuna ignores a step reported twice).
         """
-        if trial_id in stopped_trials(self.stopped_record) and trial_id not in self._completed_trials and not error:
+        if trial_id in self.stopped.ids() and trial_id not in self._completed_trials and not error:
             from optuna.trial import TrialState
 
             self.on_trial_result(trial_id, result or {})

@@ -32,7 +32,7 @@ any trial starts.
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -42,8 +42,9 @@ from typing import TYPE_CHECKING, Any, Literal
 import yaml
 
 from analysis.pareto import COLUMNS as OBJECTIVE_COLUMNS
-from deri_sweep.config import ConfigError, apply_overrides, from_dict
-from deri_sweep.train_config import TrainConfig
+from deri_sweep.common.strict_loader import ConfigError, Override, from_dict, with_overrides
+from deri_sweep.model.config import ProbeFeature
+from deri_sweep.train.train_config import TrainConfig
 
 if TYPE_CHECKING:
     from analysis.decisions import DecideRule
@@ -158,7 +159,7 @@ class ProbePlan:
     datasets: list[str] = field(default_factory=lambda: ["ptbxl"])
     fractions: list[float] = field(default_factory=lambda: [0.01, 0.1, 1.0])
     seeds: list[int] = field(default_factory=lambda: [0])
-    feature: Literal["mix", "aligned", "resnet"] = "mix"
+    feature: ProbeFeature = "mix"
     epochs: int = 100
     zero_shot: bool = True
     report_generation: bool = False
@@ -322,10 +323,7 @@ class SearchSpace:
     def train_config(self, overrides: dict[str, Any], seed: int) -> TrainConfig:
         """The TrainConfig of one trial: base, then the trial's overrides, then its seed."""
         merged = {**self.base, **overrides, "seed": seed}
-        return apply_overrides(
-            TrainConfig(),
-            [f"{k}={_yaml_value(v)}" for k, v in _flat(merged).items()],
-        )
+        return with_overrides(TrainConfig(), [Override.of(k, v) for k, v in _flat(merged).items()])
 
     def trials(self) -> list[dict[str, Any]]:
         """Every trial of a grid space: ``{"variant", "overrides", "seed"}`` for configurations x seeds."""
@@ -354,13 +352,13 @@ class SearchSpace:
         def swap(overrides: dict[str, Any]) -> dict[str, Any]:
             return {k: local(k, v) for k, v in _flat(overrides).items()}
 
-        space = copy.deepcopy(self)
-        space.base = {**swap(space.base), TEXT_KEY: LOCAL_TEXT_TOWER}
-        space.variants = {name: swap(over) for name, over in space.variants.items()}
-        space.grid = {k: [local(k, v) for v in values] for k, values in space.grid.items()}
-        if space.probes.report_decoder != LOCAL_DECODER:
-            space.probes.report_decoder = LOCAL_DECODER
-        return space
+        return dataclasses.replace(
+            self,
+            base={**swap(self.base), TEXT_KEY: LOCAL_TEXT_TOWER},
+            variants={name: swap(over) for name, over in self.variants.items()},
+            grid={k: [local(k, v) for v in values] for k, values in self.grid.items()},
+            probes=dataclasses.replace(self.probes, report_decoder=LOCAL_DECODER),
+        )
 
     def grid_points(self) -> list[tuple[str, dict[str, Any]]]:
         """Every (variant name, overrides) of a grid search: variants x grid axes.
@@ -439,11 +437,6 @@ class DefineByRun:
 def define_by_run(params: dict[str, ParamSpec]) -> Callable[[Any], None]:
     """The picklable define-by-run function of ``params`` (see :class:`DefineByRun`)."""
     return DefineByRun(params)
-
-
-def _yaml_value(value: Any) -> str:
-    """``value`` as one line of YAML (without the document-end marker PyYAML adds to plain scalars)."""
-    return yaml.safe_dump(value, default_flow_style=True).removesuffix("\n...\n").strip()
 
 
 def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:

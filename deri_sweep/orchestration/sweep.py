@@ -20,21 +20,22 @@ from typing import Any
 import ray
 from ray import tune
 
-from deri_sweep.config import from_dict, to_dict
+from deri_sweep.common.strict_loader import from_dict, to_dict
 from deri_sweep.orchestration.decide_searcher import DecideSearcher
-from deri_sweep.orchestration.pretrain import scratch_dir
+from deri_sweep.orchestration.node_staging import stage_on_every_node
 from deri_sweep.orchestration.searchers import (
     BudgetSearcher,
     PlanSearcher,
     PruningOptunaSearch,
+    StopRecord,
     StopRecordingASHA,
 )
 from deri_sweep.orchestration.spaces import SearchSpace, define_by_run
-from deri_sweep.orchestration.staging import stage_on_every_node
 from deri_sweep.orchestration.trackers import tracker_callbacks, trial_name
+from deri_sweep.orchestration.trainer import scratch_dir
 from deri_sweep.orchestration.trial import SweepContext, trial_driver
-from deri_sweep.pretraining import remove_stale_checkpoint_dirs
-from deri_sweep.train_config import TrainConfig
+from deri_sweep.train.recipe import remove_stale_checkpoint_dirs
+from deri_sweep.train.train_config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -124,14 +125,14 @@ def driver_resources(space: SearchSpace) -> dict[str, float]:
     return request
 
 
-def _searcher(space: SearchSpace, run_id: str, optuna_storage: str, stopped_record: Path) -> tuple[Any, int]:
+def _searcher(space: SearchSpace, run_id: str, optuna_storage: str, stopped: StopRecord) -> tuple[Any, int]:
     """The space's searcher and the number of trials to sample."""
     if space.search == "grid":
         plan = space.trials()
         return PlanSearcher(plan), len(plan)
     if space.search == "decide":
         points = dict(space.grid_points())
-        run_dir = stopped_record.parent
+        run_dir = stopped.path.parent
         searcher = DecideSearcher(points, space.baseline, space.decide_seeds(), space.decide.rule(), run_dir)
         return searcher, len(points) * space.decide.max_seeds
     import optuna
@@ -146,7 +147,7 @@ def _searcher(space: SearchSpace, run_id: str, optuna_storage: str, stopped_reco
     samplers = {"nsga2": optuna.samplers.NSGAIISampler, "tpe": optuna.samplers.TPESampler}
     sampler = samplers[space.sampler](seed=seed)
     searcher = PruningOptunaSearch(
-        stopped_record, space.metric, pretrain_seed=seed, space=define_by_run(space.optuna),
+        stopped, space.metric, pretrain_seed=seed, space=define_by_run(space.optuna),
         metric=metric, mode=mode, sampler=sampler, study_name=run_id, storage=storage,
     )  # fmt: skip
     return searcher, space.num_samples
@@ -204,13 +205,14 @@ def run_sweep(
     if stage:
         stage_pretraining_caches(space)
     storage_url = optuna_storage or f"sqlite:///{run_dir / 'optuna.db'}"
-    searcher, samples = _searcher(space, run_id, storage_url, run_dir / STOPPED_FILE)
+    stopped = StopRecord(run_dir / STOPPED_FILE)  # one record for ASHA and the searcher; resume rebuilds it
+    searcher, samples = _searcher(space, run_id, storage_url, stopped)
     scheduler = None
     if space.scheduler.type == "asha":
         # max_t one past the last epoch: ASHA must not stop a trial that finished pretraining (its probes run next)
         epochs = int(space.train_config({}, space.seeds[0]).optim.epochs)
         scheduler = StopRecordingASHA(
-            run_dir / STOPPED_FILE, time_attr="epoch", metric=space.metric, mode=space.mode,
+            stopped, time_attr="epoch", metric=space.metric, mode=space.mode,
             max_t=epochs + 1, grace_period=space.scheduler.grace_period,
             reduction_factor=space.scheduler.reduction_factor,
         )  # fmt: skip

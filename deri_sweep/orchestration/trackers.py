@@ -33,11 +33,11 @@ from typing import Any
 import pandas as pd
 from ray.tune.experiment import Trial
 
-from deri_sweep.checkpoint import git_commit
-from deri_sweep.config import to_dict
-from deri_sweep.io_utils import owned_temp_dir, remove_orphaned_temp_dirs
+from deri_sweep.common.provenance import git_commit
+from deri_sweep.common.storage import owned_temp_dir, remove_orphaned_temp_dirs
+from deri_sweep.common.strict_loader import to_dict
+from deri_sweep.orchestration.results import FINAL_REPORT_KEY
 from deri_sweep.orchestration.spaces import SearchSpace
-from deri_sweep.results import FINAL_REPORT_KEY
 
 log = logging.getLogger(__name__)
 

@@ -25,13 +25,13 @@ import pandas as pd
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from deri_sweep.checkpoint import git_commit
-from deri_sweep.config import from_dict
-from deri_sweep.io_utils import atomic_write_bytes, atomic_write_text
-from deri_sweep.orchestration.pretrain import TrialResources, build_trainer
-from deri_sweep.orchestration.probe_tasks import ProbeResources, collect, probe_suite
+from deri_sweep.common.provenance import git_commit
+from deri_sweep.common.storage import atomic_write_bytes, atomic_write_text
+from deri_sweep.common.strict_loader import from_dict
+from deri_sweep.orchestration.probe_jobs import ProbeResources, collect, probe_suite
+from deri_sweep.orchestration.results import FINAL_REPORT_KEY, config_hash
 from deri_sweep.orchestration.spaces import SearchSpace
-from deri_sweep.results import FINAL_REPORT_KEY, config_hash
+from deri_sweep.orchestration.trainer import TrialResources, build_trainer
 
 log = logging.getLogger(__name__)
 

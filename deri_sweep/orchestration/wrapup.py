@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from deri_sweep.io_utils import atomic_write_text
-from deri_sweep.results import write_tables
+from deri_sweep.common.storage import atomic_write_text
+from deri_sweep.orchestration.results import write_tables
 
 log = logging.getLogger(__name__)
 

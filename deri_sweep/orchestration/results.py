@@ -24,17 +24,11 @@ from typing import Any
 
 import pandas as pd
 
-from deri_sweep.io_utils import atomic_write_bytes, atomic_write_text
+from deri_sweep.common.result_files import CURVE_COLUMNS, RESULT_COLUMNS, TRIAL_COLUMNS
+from deri_sweep.common.storage import atomic_write_bytes, atomic_write_text
 
 log = logging.getLogger(__name__)
 
-RESULT_COLUMNS = (
-    "run_id", "trial_id", "variant", "config_hash", "seed", "task", "eval", "fraction", "probe_seed", "metric",
-    "value", "feature", "checkpoint", "git_commit", "hours", "status",
-)  # fmt: skip
-TRIAL_COLUMNS = (
-    "trial_id", "variant", "seed", "config_hash", "state", "hours", "epochs", "objective", "checkpoint", "error",
-)  # fmt: skip
 #: key present only in a trial's final report (sent once its probes ran); epoch reports lack it
 FINAL_REPORT_KEY = "probes_done"
 CURVE_METRICS = ("train_total", "val_total", "lr", "samples_per_s", "hours")
@@ -155,7 +149,7 @@ def collect_tables(run_dir: str | Path, run_id: str) -> dict[str, pd.DataFrame]:
     return {
         "results": pd.DataFrame(result_rows, columns=_columns(result_rows, RESULT_COLUMNS)),
         "trials": pd.DataFrame(trial_rows, columns=_columns(trial_rows, TRIAL_COLUMNS)),
-        "curves": pd.DataFrame(curve_rows, columns=["trial_id", "epoch", "metric", "value"]),
+        "curves": pd.DataFrame(curve_rows, columns=list(CURVE_COLUMNS)),
     }
 
 

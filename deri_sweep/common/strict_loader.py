@@ -20,8 +20,9 @@ import math
 import re
 import types
 import typing
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, TypeVar, Union
+from typing import Any, NamedTuple, TypeVar, Union
 
 import yaml
 
@@ -141,8 +142,33 @@ def to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """Split ``"a.b=c"`` into (["a", "b"], parsed c); the value is read as YAML.
+class Override(NamedTuple):
+    """One ``a.b=c`` override, parsed once: the dotted key, its typed value, and how it was given.
+
+    Attributes:
+        keys: the dotted key split (``("interaction", "depth")``).
+        value: the value as YAML read it (``4``, ``True``, ``[0.1, 1.0]``, ``None``), or as given.
+        text: what an error names: ``"--set interaction.depth=4"`` from the command line,
+            ``"interaction.depth=4"`` for a value a space file gave.
+    """
+
+    keys: tuple[str, ...]
+    value: Any
+    text: str
+
+    @property
+    def key(self) -> str:
+        """The dotted key."""
+        return ".".join(self.keys)
+
+    @classmethod
+    def of(cls, key: str, value: Any) -> Override:
+        """An override from a key and an already typed value (a space's ``base`` or variant entry)."""
+        return cls(tuple(key.split(".")), value, f"{key}={value!r}")
+
+
+def parse_override(text: str) -> Override:
+    """Parse ``"a.b=c"`` from the command line; the value is read as YAML.
 
     Raises:
         ConfigError: when there is no ``=`` or no key.
@@ -150,11 +176,39 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"override {text!r} must look like key.sub=value")
-    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else ""
+    return Override(tuple(key.strip().split(".")), yaml.safe_load(raw) if raw.strip() else "", f"--set {text}")
+
+
+def with_overrides(config: T, overrides: Iterable[Override]) -> T:
+    """Return a copy of ``config`` with typed overrides applied and validated (the one way to apply them).
+
+    Args:
+        config: a dataclass instance.
+        overrides: parsed overrides (:func:`parse_override`, :meth:`Override.of`).
+
+    Raises:
+        ConfigError: unknown key or wrong type, naming the override.
+    """
+    overrides = list(overrides)
+    data = to_dict(config)
+    for override in overrides:
+        node = data
+        for i, key in enumerate(override.keys[:-1]):
+            if not isinstance(node.get(key), dict):
+                raise ConfigError(f"{override.text}: {'.'.join(override.keys[: i + 1])} is not a config section")
+            node = node[key]
+        if override.keys[-1] not in node:
+            raise ConfigError(f"{override.text}: unknown key {override.key}; allowed here: {sorted(node)}")
+        node[override.keys[-1]] = override.value
+    try:
+        return from_dict(type(config), data)
+    except ConfigError as exc:  # name the override whose value is wrong
+        culprit = [o for o in overrides if str(exc).startswith(o.key + ":")]
+        raise ConfigError(f"{culprit[-1].text}: {exc}" if culprit else str(exc)) from exc
 
 
 def apply_overrides(config: T, overrides: list[str] | tuple[str, ...]) -> T:
-    """Return a copy of ``config`` with ``a.b=c`` overrides applied and validated.
+    """Return a copy of ``config`` with command-line ``a.b=c`` overrides applied and validated.
 
     Args:
         config: a dataclass instance.
@@ -164,22 +218,7 @@ def apply_overrides(config: T, overrides: list[str] | tuple[str, ...]) -> T:
     Raises:
         ConfigError: unknown key or wrong type, naming the override.
     """
-    data = to_dict(config)
-    for text in overrides:
-        keys, value = parse_override(text)
-        node = data
-        for i, key in enumerate(keys[:-1]):
-            if not isinstance(node.get(key), dict):
-                raise ConfigError(f"--set {text}: {'.'.join(keys[: i + 1])} is not a config section")
-            node = node[key]
-        if keys[-1] not in node:
-            raise ConfigError(f"--set {text}: unknown key {'.'.join(keys)}; allowed here: {sorted(node)}")
-        node[keys[-1]] = value
-    try:
-        return from_dict(type(config), data)
-    except ConfigError as exc:  # name the override whose value is wrong
-        culprit = [o for o in overrides if str(exc).startswith(o.partition("=")[0].strip() + ":")]
-        raise ConfigError(f"--set {culprit[-1]}: {exc}" if culprit else str(exc)) from exc
+    return with_overrides(config, [parse_override(text) for text in overrides])
 
 
 def load_yaml(cls: type[T], path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> T:

@@ -21,9 +21,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from deri_sweep.losses import DeriLoss
 from deri_sweep.model.text_cache import TextFeatureStore
-from deri_sweep.train_config import OptimConfig
+from deri_sweep.train.losses import DeriLoss
+from deri_sweep.train.train_config import OptimConfig
 
 log = logging.getLogger(__name__)
 

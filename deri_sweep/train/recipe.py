@@ -28,16 +28,16 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
-from deri_sweep.checkpoint import load_checkpoint, rng_state, save_checkpoint
-from deri_sweep.config import to_dict
+from deri_sweep.common.storage import remove_orphaned_temp_dirs
+from deri_sweep.common.strict_loader import to_dict
 from deri_sweep.data.cache import CacheDataset, SignalCache, keep_batch
-from deri_sweep.engine import TextSource, build_optimizer, evaluate, seed_everything, train_epoch, unwrap
-from deri_sweep.io_utils import remove_orphaned_temp_dirs
-from deri_sweep.losses import DeriLoss
 from deri_sweep.model.deri import DERI
 from deri_sweep.model.text_cache import TextFeatureStore, build_text_features, caching_applies, feature_dir
 from deri_sweep.model.text_tower import TextTower
-from deri_sweep.train_config import TrainConfig
+from deri_sweep.train.checkpoint import load_checkpoint, rng_state, save_checkpoint
+from deri_sweep.train.engine import TextSource, build_optimizer, evaluate, seed_everything, train_epoch, unwrap
+from deri_sweep.train.losses import DeriLoss
+from deri_sweep.train.train_config import TrainConfig
 
 log = logging.getLogger(__name__)
 

@@ -20,9 +20,9 @@ import pandas as pd
 from scipy.signal import resample_poly
 from tqdm import tqdm
 
-from deri_sweep.data import synth_labels as lab
-from deri_sweep.data import synth_layouts as lay
-from deri_sweep.data.ecg_model import EcgInfo, Subject, generate_with_info
+from deri_sweep.data.synth import labels as lab
+from deri_sweep.data.synth import layouts as lay
+from deri_sweep.data.synth.dipole import EcgInfo, Subject, generate_with_info
 
 _DS_CODE = {"mimic": 1, "ptbxl": 2, "cpsc2018": 3, "csn": 4}
 MIMIC_LEADS = ("I", "II", "III", "aVR", "aVF", "aVL", "V1", "V2", "V3", "V4", "V5", "V6")

@@ -1,7 +1,7 @@
 """Condition sets of synthetic records and the labels, codes and report text derived from them.
 
 Every label a synthetic file carries is a function of the record's condition set
-(:mod:`deri_sweep.data.ecg_model`), so a model that learns the signal can predict
+(:mod:`deri_sweep.data.synth.dipole`), so a model that learns the signal can predict
 it. The tables below map each condition to the code or statement a dataset uses
 (PTB-XL SCP codes with their real ``scp_statements.csv`` flags, CPSC2018 classes,
 Chapman-Shaoxing-Ningbo SNOMED CT codes, MIMIC-IV-ECG machine statements).
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from deri_sweep.data.ecg_model import EXCLUSIVE, RHYTHMS, Condition
+from deri_sweep.data.synth.dipole import EXCLUSIVE, RHYTHMS, Condition
 
 #: Canonical order of conditions in joined strings and label lists.
 ORDER: tuple[str, ...] = tuple(c.value for c in Condition)

@@ -2,10 +2,10 @@
 
 ``python -m deri_sweep.data.synth --out DIR`` writes ``DIR/mimic-iv-ecg``, ``DIR/ptb-xl``,
 ``DIR/cpsc2018`` and ``DIR/csn`` as PhysioNet releases them (spec: datasets.md), with
-signals from :mod:`deri_sweep.data.ecg_model` and labels, codes and reports derived from
-each record's conditions (:mod:`deri_sweep.data.synth_labels`). ``DIR/synth_manifest.csv``
+signals from :mod:`deri_sweep.data.synth.dipole` and labels, codes and reports derived from
+each record's conditions (:mod:`deri_sweep.data.synth.labels`). ``DIR/synth_manifest.csv``
 (dataset,record_id,conditions,defect) records the truth, including the defects injected
-with ``--defect-rate`` (:mod:`deri_sweep.data.synth_layouts`). Every record draws from its
+with ``--defect-rate`` (:mod:`deri_sweep.data.synth.layouts`). Every record draws from its
 own generator seeded by (seed, dataset, index): the same seed writes byte-identical files.
 """
 
@@ -19,8 +19,8 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-from deri_sweep.data.synth_datasets import ManifestRow, write_cpsc2018, write_csn, write_mimic, write_ptbxl
-from deri_sweep.data.synth_layouts import EXPECTED_REASON
+from deri_sweep.data.synth.datasets import ManifestRow, write_cpsc2018, write_csn, write_mimic, write_ptbxl
+from deri_sweep.data.synth.layouts import EXPECTED_REASON
 
 __all__ = [
     "DATASETS", "DEFAULT_SIZES", "EXPECTED_REASON", "FOLDERS", "MANIFEST_COLUMNS", "main", "write_all",
@@ -41,7 +41,7 @@ _WRITERS: dict[str, Callable[..., list[ManifestRow]]] = {
 _README = """SYNTHETIC DATA - NOT REAL PATIENT RECORDS.
 
 Written by `python -m deri_sweep.data.synth` (seed {seed}, defect rate {rate}).
-Every waveform comes from a procedural cardiac-dipole model (deri_sweep/data/ecg_model.py);
+Every waveform comes from a procedural cardiac-dipole model (deri_sweep/data/synth/dipole.py);
 ids, dates, ages and reports are invented. The folders copy the on-disk layouts of
 MIMIC-IV-ECG v1.0, PTB-XL v1.0.3, CPSC2018 (CinC 2020/2021 WFDB release) and
 Chapman-Shaoxing-Ningbo ecg-arrhythmia v1.0.0 so that the project's readers can be tested

@@ -2,7 +2,7 @@
 
 :func:`train_loop_per_worker` is the shell Ray runs on each worker: it finds
 out who it is, where the last checkpoint is, and hands over to the plain
-recipe :func:`deri_sweep.pretraining.run_worker`. :func:`build_trainer` sizes
+recipe :func:`deri_sweep.train.recipe.run_worker`. :func:`build_trainer` sizes
 the worker group: 2 CPU workers here, 4 GPUs a trial on a cluster.
 """
 
@@ -19,9 +19,9 @@ import ray.train.torch
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from deri_sweep.config import from_dict, to_dict
-from deri_sweep.orchestration.staging import local_cache
-from deri_sweep.train_config import TrainConfig
+from deri_sweep.common.strict_loader import from_dict, to_dict
+from deri_sweep.orchestration.node_staging import local_cache
+from deri_sweep.train.train_config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -78,11 +78,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     Args:
         loop_config: ``{"config": TrainConfig as a dict, "resource_per_worker": float,
             "resource_kind": "gpu" | "cpu", "stage": bool}``; with ``stage`` the worker
-            reads its node's local copy of the cache (:mod:`deri_sweep.orchestration.staging`).
+            reads its node's local copy of the cache (:mod:`deri_sweep.orchestration.node_staging`).
     """
     # imported here, not at the top: the trial drivers and Train controllers import this module too,
     # and need none of the training stack (a process start costs its imports, several seconds on CPU nodes)
-    from deri_sweep.pretraining import WorkerInfo, run_worker
+    from deri_sweep.train.recipe import WorkerInfo, run_worker
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     cfg = from_dict(TrainConfig, loop_config["config"])

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from deri_sweep.config import ConfigError
+from deri_sweep.common.strict_loader import ConfigError
 from deri_sweep.model.config import ModelConfig
 
 

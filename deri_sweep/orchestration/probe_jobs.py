@@ -35,18 +35,19 @@ class ProbeResources:
     num_gpus: float = 0.0
 
 
-def _extract(source: str, cache_dir: str, feature: str, feature_root: str, checkpoint: str) -> np.ndarray:
-    from deri_sweep.evaluate.features import cached_features
-    from deri_sweep.model.pretrained import read_train_config
+def _extract(checkpoint: str, cache_dir: str, feature: str, feature_root: str, floor_seed: int | None) -> np.ndarray:
+    """Ray task: the checkpoint's features of a cache, or (``floor_seed``) its random-init floor's."""
+    from deri_sweep.evaluate.features import RandomInit, cached_features
+    from deri_sweep.evaluate.pretrained import read_train_config
 
-    kwargs: dict[str, Any] = {}
-    if source.startswith("random:"):
-        from deri_sweep.checkpoint import load_checkpoint
+    source: Any = checkpoint
+    if floor_seed is not None:
+        from deri_sweep.train.checkpoint import load_checkpoint
 
         _, meta = load_checkpoint(checkpoint)
         config, hidden = read_train_config(checkpoint, meta)
-        kwargs = {"train_config": config, "text_hidden_size": hidden}
-    return cached_features(source, cache_dir, feature, feature_root, progress=False, **kwargs)
+        source = RandomInit(floor_seed, config, hidden)
+    return cached_features(source, cache_dir, feature, feature_root, progress=False)
 
 
 def _linear_probe(
@@ -63,9 +64,9 @@ def _linear_probe(
 
 def _zero_shot(features: np.ndarray, checkpoint: str, cache_dir: str, label_set: str) -> pd.DataFrame:
     from deri_sweep.data.cache import SignalCache
+    from deri_sweep.evaluate.pretrained import load_pretrained
     from deri_sweep.evaluate.probe_tasks import tasks_of_cache
     from deri_sweep.evaluate.zero_shot import zero_shot_task
-    from deri_sweep.model.pretrained import load_pretrained
 
     model, _ = load_pretrained(checkpoint, with_text_tower=True)
     cache = SignalCache.open(cache_dir)
@@ -78,11 +79,12 @@ def _report_generation(
 ) -> pd.DataFrame:
     import json
 
+    from deri_sweep.common.storage import atomic_write_text
     from deri_sweep.data.cache import SignalCache
     from deri_sweep.evaluate.report_generation import ReportGenConfig, run_report_generation
-    from deri_sweep.io_utils import atomic_write_text
+    from deri_sweep.model.config import ReportDecoderConfig
 
-    config = ReportGenConfig(decoder=decoder, epochs=epochs, n_samples=n_samples)
+    config = ReportGenConfig(decoder=ReportDecoderConfig(name=decoder), epochs=epochs, n_samples=n_samples)
     metrics, samples = run_report_generation(features, SignalCache.open(cache_dir), config)
     if samples and samples_path:
         Path(samples_path).parent.mkdir(parents=True, exist_ok=True)
@@ -111,8 +113,8 @@ def _representation(checkpoint: str, feature: str) -> str:
     """What ``feature`` reads from the checkpoint's model (``m_e``, ``z_e``, ``resnet``)."""
     import json
 
-    from deri_sweep.checkpoint import META_FILE
-    from deri_sweep.model.pretrained import read_train_config
+    from deri_sweep.evaluate.pretrained import read_train_config
+    from deri_sweep.train.checkpoint import META_FILE
 
     config, _ = read_train_config(checkpoint, json.loads((Path(checkpoint) / META_FILE).read_text()))
     return config.model.representation(feature)
@@ -132,7 +134,7 @@ def probe_suite(
     """Submit every probe of ``plan`` for one checkpoint (and the random-init floor).
 
     Args:
-        checkpoint: checkpoint directory (see :mod:`deri_sweep.checkpoint`).
+        checkpoint: checkpoint directory (see :mod:`deri_sweep.train.checkpoint`).
         plan: datasets, fractions, seeds, feature and extras.
         caches: dataset name (``ptbxl``, ``cpsc2018``, ``csn``) -> prepared cache.
         feature_root: where extracted features are kept for reuse.
@@ -159,9 +161,9 @@ def probe_suite(
     zero_shot = ray.remote(_zero_shot).options(**opts)
     report_gen = ray.remote(_report_generation).options(**opts)
     checkpoint = str(checkpoint)
-    encoders = {"pretrained": checkpoint}
+    encoders: dict[str, int | None] = {"pretrained": None}  # encoder -> the floor's weight seed (None: trained)
     if plan.random_floor if random_floor is None else random_floor:
-        encoders["random_init"] = f"random:{floor_seed}"
+        encoders["random_init"] = floor_seed
     probed = _representation(checkpoint, plan.feature)
     pending: list[Pending] = []
     if plan.tasks:
@@ -175,8 +177,8 @@ def probe_suite(
         cache = SignalCache.open(cache_dir)
         tasks = [t for t in tasks_of_cache(cache) if not plan.tasks or t.name in plan.tasks]
         has_reports = bool((cache.index["report_id"] >= 0).any())
-        for encoder, source in encoders.items():
-            features = extract.remote(source, cache_dir, plan.feature, str(feature_root), checkpoint)
+        for encoder, seed_of_floor in encoders.items():
+            features = extract.remote(checkpoint, cache_dir, plan.feature, str(feature_root), seed_of_floor)
             for task in tasks:
                 for fraction in plan.fractions:
                     for seed in plan.seeds:

@@ -11,15 +11,14 @@ from __future__ import annotations
 import json
 import logging
 import random
-import subprocess
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from deri_sweep.io_utils import atomic_write_bytes, atomic_write_text
+from deri_sweep.common.provenance import git_commit
+from deri_sweep.common.storage import atomic_write_bytes, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -29,19 +28,6 @@ META_FILE = "meta.json"
 
 class CheckpointError(RuntimeError):
     """A checkpoint directory that is missing, unfinished or unreadable."""
-
-
-@lru_cache(maxsize=1)
-def git_commit() -> str:
-    """The commit of the deri-sweep checkout, or ``"unknown"`` outside git."""
-    here = Path(__file__).resolve().parent
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return out or "unknown"
 
 
 def rng_state() -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """Load a pretrained DERI from a checkpoint directory, or build the random-init floor.
 
-Checkpoint contract (written by :func:`deri_sweep.checkpoint.save_checkpoint` in the
+Checkpoint contract (written by :func:`deri_sweep.train.checkpoint.save_checkpoint` in the
 pretraining job): ``state.pt`` holds ``{"model": DERI state_dict, "optimizer", ...}``,
 where the model state has NO ``text.*`` weights when the run trained from the text
 feature cache; ``meta.json`` holds ``{"config": TrainConfig as a dict,
@@ -23,11 +23,11 @@ from typing import Any
 
 import torch
 
-from deri_sweep.checkpoint import CheckpointError, load_checkpoint
-from deri_sweep.config import ConfigError, from_dict
+from deri_sweep.common.strict_loader import ConfigError, from_dict
 from deri_sweep.model.deri import DERI
 from deri_sweep.model.text_tower import TextTower
-from deri_sweep.train_config import TrainConfig
+from deri_sweep.train.checkpoint import CheckpointError, load_checkpoint
+from deri_sweep.train.train_config import TrainConfig
 
 log = logging.getLogger(__name__)
 

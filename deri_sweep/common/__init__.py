@@ -1,0 +1,1 @@
+"""Plumbing shared by every layer: the strict config loader, safe file storage, provenance."""
