@@ -17,12 +17,10 @@ log = logging.getLogger(__name__)
 #: prefix of the private temp folder of a local Ray instance started here
 RAY_TMP_PREFIX = "deri-ray-"
 
-#: Ray Train settings of a local instance (one machine, no spot nodes), unless already set:
-#: no preemption-watcher actor per trial (it watches for cloud spot-node notices, and each
-#: actor costs a process start), and the controller polls its workers every 0.5 s, not 2 s,
-#: so a finished trial hands its CPUs on sooner. Measured on 2 cores, one 1-worker trial:
-#: TorchTrainer.fit 43 s -> 32 s. Clusters keep Ray's defaults.
-LOCAL_TRAIN_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
+#: Ray Train settings of a local instance (one machine, no spot nodes), unless already set: no
+#: preemption-watcher actor per trial (it watches for cloud spot-node notices; on 2 cores every
+#: actor is a process start competing with training). Clusters keep Ray's defaults.
+LOCAL_TRAIN_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 
 
 def ray_env_defaults() -> None:
