@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from deri_sweep.common.cli_args import name_dirs
-from deri_sweep.common.strict_loader import ConfigError, Override, from_dict, parse_override, to_dict
+from deri_sweep.common.strict_loader import ConfigError, from_dict, parse_override, to_dict
 from deri_sweep.orchestration.results import sweep_timing
 from deri_sweep.orchestration.spaces import SearchSpace, WorkspaceSpec, load_space, space_file
 
@@ -114,15 +114,14 @@ def _apply_set(space: SearchSpace, pairs: list[str]) -> SearchSpace:
             node = data
             for key in override.keys[:-1]:
                 if not isinstance(node.get(key), dict):
-                    raise ConfigError(f"{override.text}: {'.'.join(override.keys[:-1])} is not a section of the space")
+                    raise ConfigError(override.named(f"{'.'.join(override.keys[:-1])} is not a section of the space"))
                 node = node[key]
             node[override.keys[-1]] = override.value
         try:  # checked after each pair, so an error names the --set that caused it
             checked = from_dict(SearchSpace, data)
             checked.train_config({}, space.seeds[0])
-        except ConfigError as exc:  # a base value's error names it as the space holds it: name the --set instead
-            detail = str(exc).removeprefix(f"{Override.of(override.key, override.value).text}: ")
-            raise ConfigError(f"{override.text}: {detail}") from exc
+        except ConfigError as exc:
+            raise ConfigError(override.named(str(exc))) from exc
     return checked
 
 

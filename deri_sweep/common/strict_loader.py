@@ -148,13 +148,13 @@ class Override(NamedTuple):
     Attributes:
         keys: the dotted key split (``("interaction", "depth")``).
         value: the value as YAML read it (``4``, ``True``, ``[0.1, 1.0]``, ``None``), or as given.
-        text: what an error names: ``"--set interaction.depth=4"`` from the command line,
-            ``"interaction.depth=4"`` for a value a space file gave.
+        text: the command-line text (``"interaction.depth=4"``), which an error names as
+            ``--set interaction.depth=4``; empty for a value a file gave (its errors name the key).
     """
 
     keys: tuple[str, ...]
     value: Any
-    text: str
+    text: str = ""
 
     @property
     def key(self) -> str:
@@ -164,7 +164,11 @@ class Override(NamedTuple):
     @classmethod
     def of(cls, key: str, value: Any) -> Override:
         """An override from a key and an already typed value (a space's ``base`` or variant entry)."""
-        return cls(tuple(key.split(".")), value, f"{key}={value!r}")
+        return cls(tuple(key.split(".")), value)
+
+    def named(self, message: str) -> str:
+        """``message`` naming this override: ``--set a.b=c: message`` when it came from the command line."""
+        return f"--set {self.text}: {message}" if self.text else message
 
 
 def parse_override(text: str) -> Override:
@@ -176,7 +180,7 @@ def parse_override(text: str) -> Override:
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"override {text!r} must look like key.sub=value")
-    return Override(tuple(key.strip().split(".")), yaml.safe_load(raw) if raw.strip() else "", f"--set {text}")
+    return Override(tuple(key.strip().split(".")), yaml.safe_load(raw) if raw.strip() else "", text)
 
 
 def with_overrides(config: T, overrides: Iterable[Override]) -> T:
@@ -195,16 +199,16 @@ def with_overrides(config: T, overrides: Iterable[Override]) -> T:
         node = data
         for i, key in enumerate(override.keys[:-1]):
             if not isinstance(node.get(key), dict):
-                raise ConfigError(f"{override.text}: {'.'.join(override.keys[: i + 1])} is not a config section")
+                raise ConfigError(override.named(f"{'.'.join(override.keys[: i + 1])} is not a config section"))
             node = node[key]
         if override.keys[-1] not in node:
-            raise ConfigError(f"{override.text}: unknown key {override.key}; allowed here: {sorted(node)}")
+            raise ConfigError(override.named(f"unknown key {override.key}; allowed here: {sorted(node)}"))
         node[override.keys[-1]] = override.value
     try:
         return from_dict(type(config), data)
     except ConfigError as exc:  # name the override whose value is wrong
         culprit = [o for o in overrides if str(exc).startswith(o.key + ":")]
-        raise ConfigError(f"{culprit[-1].text}: {exc}" if culprit else str(exc)) from exc
+        raise ConfigError(culprit[-1].named(str(exc)) if culprit else str(exc)) from exc
 
 
 def apply_overrides(config: T, overrides: list[str] | tuple[str, ...]) -> T:
