@@ -43,12 +43,17 @@ def _level(table: ComparisonTable) -> str:
     return f"{table.confidence * 100:g}%"
 
 
+def _floor_family(table: ComparisonTable) -> str:
+    m = table.n_floor_comparisons
+    return f" and, as a family of its own, the random-init floor's {m} cell{'' if m == 1 else 's'}" if m else ""
+
+
 def legend(table: ComparisonTable) -> str:
     """One-paragraph plain-text explanation of what the cells mean."""
     base = (
         f"Δ = mean paired difference vs {table.baseline!r} over pretraining seeds, "
         f"p = paired t-test p-value, p_Holm = the same Holm-corrected over the {table.n_comparisons} tested "
-        "cells (the verdict reads p_Holm); "
+        f"ablation cells{_floor_family(table)} (the verdict reads p_Holm); "
         if (table.baseline)
         else "No baseline variant: no deltas. "
     )

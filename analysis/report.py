@@ -27,7 +27,14 @@ from analysis._io import RunData, RunDirError, load_run, write_text
 from analysis._table_render import comparison_html, write_comparison
 from analysis.decisions import DECISIONS_FILE, why_we_stopped
 from analysis.pareto import pareto_front, plot_pareto
-from analysis.tables import ComparisonTable, comparison_table, cost_per_variant, trials_summary, verdict_word
+from analysis.tables import (
+    RANDOM_INIT,
+    ComparisonTable,
+    comparison_table,
+    cost_per_variant,
+    trials_summary,
+    verdict_word,
+)
 
 __all__ = ["build_report", "main", "render_report"]
 
@@ -147,18 +154,28 @@ def _others(run: RunData, baseline: str | None) -> str:
 
 
 def _verdict_summary(table: ComparisonTable) -> str:
-    """One caption counting the headline table's verdicts, e.g. "Verdicts vs 'full' …: 2 helps · 7 n.s."."""
+    """One caption counting the headline table's verdicts, e.g. "Verdicts vs 'full' …: 2 helps · 7 n.s.".
+
+    The random-init floor's cells are counted apart, as the family they are corrected in.
+    """
     if not table.baseline or table.frame.empty:
         return ""
-    words = [verdict_word(str(v)) for v in table.frame["verdict"]]
-    counts = {w: words.count(w) for w in ("helps", "hurts", "n.s.", "untested") if words.count(w)}
-    if not counts:
+    floor = table.frame["variant"] == RANDOM_INIT
+    text = _count_verdicts(table.frame.loc[~floor, "verdict"])
+    if not text:
         return ""
-    text = " · ".join(f"{n} {w}" for w, n in counts.items())
-    return (
-        f'<p class="caption">Verdicts vs {esc(repr(table.baseline))} over {table.n_comparisons} Holm-corrected '
-        f"cells: {esc(text)}</p>"
-    )
+    caption = f"Verdicts vs {table.baseline!r} over {table.n_comparisons} Holm-corrected ablation cells: {text}"
+    if table.n_floor_comparisons:
+        caption += (
+            f"; random-init floor, {table.n_floor_comparisons} cells corrected on their own: "
+            f"{_count_verdicts(table.frame.loc[floor, 'verdict'])}"
+        )
+    return f'<p class="caption">{esc(caption)}</p>'
+
+
+def _count_verdicts(verdicts: pd.Series) -> str:
+    words = [verdict_word(str(v)) for v in verdicts]
+    return " · ".join(f"{words.count(w)} {w}" for w in ("helps", "hurts", "n.s.", "untested") if words.count(w))
 
 
 def render_report(run: RunData, table: ComparisonTable, cost: pd.DataFrame) -> str:

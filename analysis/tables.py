@@ -5,9 +5,12 @@ Markdown/HTML lives in :mod:`analysis._table_render`.
 
 Each measured ablation cell of the comparison gets a plain verdict against the
 baseline: a paired t-test over pretraining seeds, Holm-corrected over every
-tested cell of the table (one metric of one evaluation), read as "helps",
+tested ablation cell of the table (one metric of one evaluation), read as "helps",
 "hurts", "no detectable difference (95% CI of delta [lo, hi])" or
-"not tested (N pair(s))".
+"not tested (N pair(s))". The random-init floor answers another question (does
+pretraining beat an untrained encoder at all?), so its cells are a second family,
+Holm-corrected on their own: switching the floor on or off never changes an
+ablation verdict, and the floor's test is not diluted by the ablation cells.
 """
 
 from __future__ import annotations
@@ -60,7 +63,7 @@ CSV_COLUMNS = [
 ]
 _NO_FRACTION = -1.0  # grouping key standing in for NaN fractions (zero-shot, report generation)
 STATES = ("COMPLETE", "PRUNED", "FAILED")
-#: Variant name of the untrained-encoder floor; compared against the baseline like any other row.
+#: Variant name of the untrained-encoder floor; compared against the baseline in its own Holm family.
 RANDOM_INIT = "random_init"
 HELPS, HURTS, BASELINE = "helps", "hurts", "baseline"
 
@@ -109,8 +112,19 @@ class ComparisonTable:
 
     @property
     def n_comparisons(self) -> int:
-        """Number of cells the Holm correction ran over (finite ``p_holm``)."""
-        return int(np.isfinite(self.frame["p_holm"].astype(float)).sum()) if "p_holm" in self.frame else 0
+        """Number of ablation cells the Holm correction ran over (finite ``p_holm``, the floor excluded)."""
+        return self._n_tested(floor=False)
+
+    @property
+    def n_floor_comparisons(self) -> int:
+        """Number of random-init floor cells, Holm-corrected as their own family (0 without a floor)."""
+        return self._n_tested(floor=True)
+
+    def _n_tested(self, *, floor: bool) -> int:
+        if "p_holm" not in self.frame:
+            return 0
+        tested = np.isfinite(self.frame["p_holm"].astype(float))  # the baseline's own cells are NaN
+        return int((tested & ((self.frame["variant"] == RANDOM_INIT) == floor)).sum())
 
     def row_feature(self, variant: str) -> str:
         """The probed feature(s) of a row: ``"/"``-joined union of its cells' ``feature`` ("" when unknown)."""
@@ -182,13 +196,14 @@ def comparison_table(
     seeds present in both. Failed rows and non-finite values are ignored.
 
     The p-values of every tested (variant != baseline, task, fraction) cell are
-    Holm-corrected together (``p_holm``) and each run row gets a ``verdict``:
+    Holm-corrected together (``p_holm``), the random-init floor's cells as a
+    family of their own, and each run row gets a ``verdict``:
     ``"helps"``/``"hurts"`` when ``p_holm < alpha`` and the delta points in the
     better/worse direction, ``"no detectable difference (95% CI of delta [lo, hi])"``
     otherwise, ``"not tested (N pair(s))"`` with fewer than two paired seeds and
     ``"baseline"`` for the baseline itself (``""`` for published rows and when
-    there is no baseline). The random-init floor (variant ``random_init``) is
-    compared like any other row. ``feature`` is the ``"/"``-joined sorted set of
+    there is no baseline). The random-init floor (variant ``random_init``) gets
+    the same verdicts, read from its own family's ``p_holm``. ``feature`` is the ``"/"``-joined sorted set of
     non-empty ``feature`` values of the cell's rows ("" when the column is absent).
 
     Args:
@@ -296,9 +311,17 @@ def _cell_features(df: pd.DataFrame) -> dict[tuple[str, str, float], str]:
 def _add_verdicts(
     frame: pd.DataFrame, baseline: str, *, higher_is_better: bool, alpha: float, confidence: float
 ) -> None:
-    """Fill ``p_holm`` (Holm over the tested non-baseline cells) and ``verdict`` of run rows, in place."""
+    """Fill ``p_holm`` and ``verdict`` of run rows, in place.
+
+    Holm runs over the tested non-baseline cells in two families: the ablation variants, and the
+    random-init floor (a positive control) on its own.
+    """
     tested = (frame["variant"] != baseline) & np.isfinite(frame["p_value"].astype(float))
-    frame["p_holm"] = holm(frame["p_value"].where(tested, np.nan).to_numpy(dtype=float))
+    floor = frame["variant"] == RANDOM_INIT
+    frame["p_holm"] = np.nan
+    for family in (tested & ~floor, tested & floor):
+        if family.any():
+            frame.loc[family, "p_holm"] = holm(frame.loc[family, "p_value"].to_numpy(dtype=float))
     level = f"{confidence * 100:g}%"
     verdicts = []
     for row in frame.itertuples(index=False):
@@ -316,16 +339,19 @@ def _add_verdicts(
 
 
 def _holm_note(frame: pd.DataFrame, baseline: str, *, alpha: float) -> str:
-    k = int(np.isfinite(frame["p_holm"]).sum())
+    tested = np.isfinite(frame["p_holm"])
+    floor = tested & (frame["variant"] == RANDOM_INIT)  # never the baseline: its cells are untested
+    k, m = int((tested & ~floor).sum()), int(floor.sum())
     note = (
-        f"verdicts: paired t-test over pretraining seeds per cell, p-values Holm-corrected over the {k} "
+        f"verdicts: paired t-test over pretraining seeds per cell, p-values Holm-corrected over the {k} ablation "
         f"comparison{'' if k == 1 else 's'} in this table (alpha {alpha:g}); 'helps'/'hurts' = the variant is "
         f"better/worse than the baseline {baseline}."
     )
-    if baseline != RANDOM_INIT and (frame["variant"] == RANDOM_INIT).any():
+    if floor.any():
         note += (
-            f" The random-init floor (variant '{RANDOM_INIT}') is compared like any other row: its 'hurts' means "
-            "the untrained encoder is below the pretrained baseline."
+            f" The random-init floor (variant '{RANDOM_INIT}') asks another question (does pretraining beat an "
+            f"untrained encoder?), so its {m} cell{'' if m == 1 else 's'} are Holm-corrected as a family of their "
+            "own; its 'hurts' means the untrained encoder is below the pretrained baseline."
         )
     return note
 

@@ -17,7 +17,7 @@ from scipy import stats
 from analysis import figures as F
 from analysis._table_render import comparison_html, comparison_markdown, write_comparison
 from analysis.published import DERI, MERL, published_frame
-from analysis.report import build_report, main
+from analysis.report import _verdict_summary, build_report, main
 from analysis.tables import CSV_COLUMNS, comparison_table, cost_per_variant, trials_summary
 
 REPO = Path(__file__).resolve().parents[1]
@@ -348,8 +348,9 @@ def test_report_is_self_contained(run_dir: Path, tmp_path: Path) -> None:
         assert f'<section id="{key}">' in html
     assert SECRET not in html and "/ckpt/" not in html
     assert "run-test" in html and "ablation_v1" in html and DERI in html and "Zero-shot macro AUROC" in html
-    assert re.search(r"Verdicts vs &#x27;full&#x27; over 12 Holm-corrected cells: (6|7|8|9|10|11|12) hurts\b", html)
-    assert "p_Holm=0.0" in html and "Holm-corrected over the 12 comparisons" in html
+    verdicts = r"Verdicts vs &#x27;full&#x27; over 12 Holm-corrected ablation cells: (6|7|8|9|10|11|12) hurts\b"
+    assert re.search(verdicts, html)
+    assert "p_Holm=0.0" in html and "Holm-corrected over the 12 ablation comparisons" in html
 
 
 def test_report_degrades_without_optional_files(tmp_path: Path) -> None:
@@ -544,20 +545,56 @@ def test_verdicts_helps_hurts_and_overlap(verdict_table) -> None:
 
 def test_holm_over_the_table_matches_hand_computation(verdict_table) -> None:
     t = verdict_table
-    tested = ["gain", "loss", "overlap", "random_init"]  # K = 4; the single-seed cell is not a comparison
-    raw = []
-    for v in tested:
+    ablations = ["gain", "loss", "overlap"]  # K = 3; the single-seed cell is not a comparison
+    raw = {}
+    for v in [*ablations, "random_init"]:
         vals = np.array(BASE_VALUES) + np.array(SHIFTS[v])
-        raw.append(float(stats.ttest_rel(vals, np.array(BASE_VALUES)).pvalue))
-    assert [t.cell(v, *CELL)["p_value"] for v in tested] == pytest.approx(raw, rel=1e-9)
-    assert [t.cell(v, *CELL)["p_holm"] for v in tested] == pytest.approx(hand_holm(raw), rel=1e-9)
-    assert t.n_comparisons == 4
+        raw[v] = float(stats.ttest_rel(vals, np.array(BASE_VALUES)).pvalue)
+    assert {v: t.cell(v, *CELL)["p_value"] for v in raw} == pytest.approx(raw, rel=1e-9)
+    assert [t.cell(v, *CELL)["p_holm"] for v in ablations] == pytest.approx(
+        hand_holm([raw[v] for v in ablations]), rel=1e-9
+    )
+    # the floor is a family of its own: one cell, so its p_holm is its p
+    assert t.cell("random_init", *CELL)["p_holm"] == pytest.approx(raw["random_init"], rel=1e-12)
+    assert t.n_comparisons == 3 and t.n_floor_comparisons == 1
     note = next(n for n in t.notes if n.startswith("verdicts:"))
     assert note.startswith(
-        "verdicts: paired t-test over pretraining seeds per cell, p-values Holm-corrected over the 4 comparisons "
-        "in this table (alpha 0.05); 'helps'/'hurts' = the variant is better/worse than the baseline full."
+        "verdicts: paired t-test over pretraining seeds per cell, p-values Holm-corrected over the 3 ablation "
+        "comparisons in this table (alpha 0.05); 'helps'/'hurts' = the variant is better/worse than the baseline full."
     )
-    assert "random_init" in note and "untrained encoder is below the pretrained baseline" in note
+    assert "its 1 cell are Holm-corrected as a family of their own" in note
+    assert "untrained encoder is below the pretrained baseline" in note
+
+
+def test_the_floor_never_changes_an_ablation_verdict() -> None:
+    """Holm families: adding the random-init floor leaves every ablation cell's p_holm as it was, and the
+    floor's cells are corrected over the floor's cells only."""
+    values = {}
+    for task, frac in (("ptbxl_super", 0.1), ("ptbxl_super", 1.0), ("cpsc2018", 0.1)):
+        for v in ("full", "gain", "overlap", "random_init"):
+            values[(v, task, frac)] = [b + d for b, d in zip(BASE_VALUES, SHIFTS[v], strict=True)]
+    with_floor = comparison_table(tidy_results(values), baseline="full", include_published=False)
+    without = comparison_table(
+        tidy_results({k: v for k, v in values.items() if k[0] != "random_init"}),
+        baseline="full",
+        include_published=False,
+    )
+    ablation = with_floor.frame[~with_floor.frame["variant"].isin(["full", "random_init"])]
+    reference = without.frame[without.frame["variant"] != "full"]
+    assert ablation["p_holm"].tolist() == pytest.approx(reference["p_holm"].tolist(), rel=1e-12)
+    assert ablation["verdict"].tolist() == reference["verdict"].tolist()
+    floor = with_floor.frame[with_floor.frame["variant"] == "random_init"]
+    assert floor["p_holm"].to_numpy() == pytest.approx(hand_holm(floor["p_value"].tolist()), rel=1e-9)
+    assert (floor["verdict"] == "hurts").all()
+    assert (with_floor.n_comparisons, with_floor.n_floor_comparisons) == (6, 3)
+    assert (without.n_comparisons, without.n_floor_comparisons) == (6, 0)
+    legend = comparison_markdown(with_floor)
+    assert "over the 6 tested ablation cells and, as a family of its own, the random-init floor's 3 cells" in legend
+    caption = _verdict_summary(with_floor)  # the report's caption counts the two families apart
+    assert (
+        "over 6 Holm-corrected ablation cells: 3 helps · 3 n.s.; random-init floor, 3 cells corrected on their "
+        "own: 3 hurts" in caption
+    )
 
 
 def test_holm_spans_every_cell_of_the_table() -> None:
@@ -569,7 +606,7 @@ def test_holm_spans_every_cell_of_the_table() -> None:
     run = t.frame[t.frame["variant"] != "full"]
     assert len(run) == 6 and t.n_comparisons == 6
     assert run["p_holm"].to_numpy() == pytest.approx(hand_holm(run["p_value"].tolist()), rel=1e-9)
-    assert "over the 6 comparisons" in next(n for n in t.notes if n.startswith("verdicts:"))
+    assert "over the 6 ablation comparisons" in next(n for n in t.notes if n.startswith("verdicts:"))
     assert not any("random_init" in n for n in t.notes)
     strict = comparison_table(tidy_results(values), baseline="full", alpha=1e-12, include_published=False)
     assert strict.cell("gain", "cpsc2018", 0.1)["verdict"].startswith("no detectable difference")
@@ -615,12 +652,12 @@ def test_rendered_verdicts_and_holm_note(verdict_table, tmp_path: Path) -> None:
     assert row["single"].endswith("untested |") and row["random_init"].endswith("hurts |")
     assert "helps" not in row["full (baseline)"] and "Δ" not in row["full (baseline)"]
     assert "Verdict vs baseline 'full': helps = better than the baseline (p_Holm < 0.05)" in md
-    assert "p-values Holm-corrected over the 4 comparisons in this table (alpha 0.05)" in md
-    assert md.count("Holm-corrected over the 4 comparisons") == 1  # under the table, not repeated in Notes
-    assert md.index("| single |") < md.index("Verdict vs baseline") < md.index("over the 4 comparisons in this table")
+    assert "p-values Holm-corrected over the 3 ablation comparisons in this table (alpha 0.05)" in md
+    assert md.count("Holm-corrected over the 3 ablation comparisons") == 1  # under the table, not repeated in Notes
+    assert md.index("| single |") < md.index("Verdict vs baseline") < md.index("over the 3 ablation comparisons in")
     html = comparison_html(verdict_table)
     assert '<span class="d sig-pos"' in html and '<span class="d sig-neg"' in html
-    assert '<b class="verdict">n.s.</b>' in html and "Holm-corrected over the 4 comparisons" in html
+    assert '<b class="verdict">n.s.</b>' in html and "Holm-corrected over the 3 ablation comparisons" in html
     paths = write_comparison(verdict_table, tmp_path)
     csv = pd.read_csv(paths["comparison_csv"], keep_default_na=False, na_values=[""])
     assert list(csv.columns) == EXPECTED_CSV_COLUMNS

@@ -32,19 +32,34 @@ def setup(synth_root, tmp_path_factory):
     ray.shutdown()
 
 
-def test_suite_runs_one_task_per_task_fraction_seed_on_shared_features(setup):
+def test_suite_runs_one_probe_task_per_encoder_and_task_with_every_head_on_shared_features(setup):
+    from deri_sweep.data.cache import SignalCache
+    from deri_sweep.evaluate import ProbeConfig
+    from deri_sweep.evaluate.features import cached_features
+    from deri_sweep.evaluate.probe_tasks import run_linear_probes, tasks_of_cache
     from deri_sweep.orchestration.probe_jobs import collect, probe_suite
 
     root, checkpoint = setup
     plan = ProbePlan(datasets=["ptbxl"], fractions=[0.5, 1.0], seeds=[0, 1], epochs=3, zero_shot=False)
     pending = probe_suite(checkpoint, plan, {"ptbxl": root / "ptbxl"}, root / "features")
-    assert len(pending) == 2 * 4 * 2 * 2  # encoders x tasks x fractions x seeds
+    assert len(pending) == 2 * 4  # encoders x tasks; each task trains its 2 fractions x 2 seeds heads together
+    assert all(p.heads == ((0.5, 0.0), (0.5, 1.0), (1.0, 0.0), (1.0, 1.0)) for p in pending)
     table = collect(pending)
     assert (table["status"] == "ok").all()
     headline = table[table["metric"] == "test_auroc"]
     assert len(headline) == 32 and headline["value"].between(0, 1).all()
+    assert not headline.duplicated(["encoder", "task", "fraction", "probe_seed"]).any()
     assert set(headline["encoder"]) == {"pretrained", "random_init"}
-    assert len(list((root / "features").glob("*/*/mix.npy"))) == 2  # one extraction per encoder, shared by 16 probes
+    assert len(list((root / "features").glob("*/*/mix.npy"))) == 2  # one extraction per encoder, shared by 4 tasks
+    # each head of the batched task is the head trained alone (same subset, init, shuffles: same AUROC)
+    cache = SignalCache.open(root / "ptbxl")
+    features = cached_features(checkpoint, root / "ptbxl", "mix", root / "features", progress=False)
+    task = next(t for t in tasks_of_cache(cache) if t.name == "ptbxl_sub")
+    alone = run_linear_probes(features, cache, task, [0.5], [1], ProbeConfig(epochs=3))
+    alone = alone.loc[alone["metric"] == "test_auroc", "value"].item()
+    batched = headline[(headline["encoder"] == "pretrained") & (headline["task"] == "ptbxl_sub")]
+    batched = batched.loc[(batched["fraction"] == 0.5) & (batched["probe_seed"] == 1), "value"].item()
+    assert batched == pytest.approx(alone, abs=1e-6)
 
 
 def test_a_failing_task_is_retried_then_reported_as_failed(setup):
@@ -55,10 +70,13 @@ def test_a_failing_task_is_retried_then_reported_as_failed(setup):
     broken.mkdir()
     (broken / "meta.json").write_text((checkpoint / "meta.json").read_text())
     (broken / "state.pt").write_bytes(b"not a torch file")
-    plan = ProbePlan(datasets=["ptbxl"], fractions=[1.0], seeds=[0], epochs=2, zero_shot=False, random_floor=False)
+    plan = ProbePlan(datasets=["ptbxl"], fractions=[0.5, 1.0], seeds=[0], epochs=2, zero_shot=False,
+                     random_floor=False)  # fmt: skip
     table = collect(probe_suite(broken, plan, {"ptbxl": root / "ptbxl"}, root / "features-broken"))
-    assert len(table) == 4 and (table["status"] == "failed").all()
-    assert set(table["task"]) == {"ptbxl_super", "ptbxl_sub", "ptbxl_form", "ptbxl_rhythm"}
+    assert len(table) == 8 and (table["status"] == "failed").all()  # one row per head of each failed task
+    heads = set(table[["task", "fraction", "probe_seed"]].itertuples(index=False, name=None))
+    tasks = ("ptbxl_super", "ptbxl_sub", "ptbxl_form", "ptbxl_rhythm")
+    assert heads == {(t, f, 0.0) for t in tasks for f in (0.5, 1.0)}
 
 
 def test_report_generation_task_scores_reports_and_saves_samples_only_when_asked(setup):

@@ -163,6 +163,9 @@ def test_wandb_writes_one_offline_run_per_trial_and_sends_nothing(sweep_run):
     for folder in offline:
         files[folder] = data = b"".join(p.read_bytes() for p in folder.glob("*.wandb"))
         assert b"optim.lr" in data and b"sweep_id" in data  # the resolved config and the sweep's tags
+        # W&B's own log says the run was written to the end, also for the trial ASHA stopped last (its run is
+        # finished after Tune's last sync of the trial folders, and copied into the run directory then)
+        assert "stream: all finished" in (folder / "logs" / "debug-internal.log").read_text(), folder
         names += [name for name in (b"full-s42", b"heavy-s42") if name in data]
     assert sorted(names) == [b"full-s42", b"heavy-s42"]  # runs named variant-seed
     probed = [data for data in files.values() if b"probe/linear_probe/" in data]

@@ -2,10 +2,13 @@
 
 :func:`probe_suite` submits, for one checkpoint, one feature-extraction task
 per (dataset cache, encoder) and, depending on it through its ObjectRef, one
-linear-probe task per (task, fraction, seed), plus zero-shot and report
+linear-probe task per (encoder, task) that trains the heads of every planned
+(fraction, seed) together (one batched run, :func:`~deri_sweep.evaluate.probe_tasks.run_linear_probes`:
+each head gets exactly the updates it would get alone), plus zero-shot and report
 generation when planned. Ray orders them; nothing here blocks until
 :func:`collect` is called (from a trial's own driver, never from Tune's event
-loop). A task that fails is retried, then recorded as failed: never lost.
+loop). A task that fails is retried, then recorded as failed, one row per head
+it stood for: never lost.
 """
 
 from __future__ import annotations
@@ -38,28 +41,24 @@ class ProbeResources:
 def _extract(checkpoint: str, cache_dir: str, feature: str, feature_root: str, floor_seed: int | None) -> np.ndarray:
     """Ray task: the checkpoint's features of a cache, or (``floor_seed``) its random-init floor's."""
     from deri_sweep.evaluate.features import RandomInit, cached_features
-    from deri_sweep.evaluate.pretrained import read_train_config
 
     source: Any = checkpoint
-    if floor_seed is not None:
-        from deri_sweep.train.checkpoint import load_checkpoint
-
-        _, meta = load_checkpoint(checkpoint)
-        config, hidden = read_train_config(checkpoint, meta)
-        source = RandomInit(floor_seed, config, hidden)
+    if floor_seed is not None:  # the floor needs only the checkpoint's config, never its weights
+        source = RandomInit(floor_seed, *_train_config(checkpoint))
     return cached_features(source, cache_dir, feature, feature_root, progress=False)
 
 
 def _linear_probe(
-    features: np.ndarray, cache_dir: str, label_set: str, fraction: float, seed: int, epochs: int
+    features: np.ndarray, cache_dir: str, label_set: str, fractions: list[float], seeds: list[int], epochs: int
 ) -> pd.DataFrame:
+    """Ray task: every (fraction, seed) head of one task, trained together on the shared features."""
     from deri_sweep.data.cache import SignalCache
     from deri_sweep.evaluate import ProbeConfig
     from deri_sweep.evaluate.probe_tasks import run_linear_probes, tasks_of_cache
 
     cache = SignalCache.open(cache_dir)
     task = next(t for t in tasks_of_cache(cache) if t.label_set == label_set)
-    return run_linear_probes(features, cache, task, [fraction], [seed], ProbeConfig(epochs=epochs))
+    return run_linear_probes(features, cache, task, fractions, seeds, ProbeConfig(epochs=epochs))
 
 
 def _zero_shot(features: np.ndarray, checkpoint: str, cache_dir: str, label_set: str) -> pd.DataFrame:
@@ -96,27 +95,38 @@ def _report_generation(
     )  # fmt: skip
 
 
+#: ``(fraction, probe_seed)`` of an evaluation that has neither (zero-shot, report generation).
+NO_HEAD = ((math.nan, math.nan),)
+
+
 @dataclass
 class Pending:
-    """A submitted probe task and what it evaluates (for failure rows)."""
+    """A submitted probe task and what it evaluates (for failure rows).
+
+    ``heads`` lists the ``(fraction, probe_seed)`` results the task stands for: every planned pair
+    for a linear-probe task, :data:`NO_HEAD` otherwise. A task that fails becomes one failure row
+    per head.
+    """
 
     ref: ray.ObjectRef
     encoder: str
     task: str
     eval: str
-    fraction: float
-    probe_seed: float
+    heads: tuple[tuple[float, float], ...] = NO_HEAD
     feature: str = ""
+
+
+def _train_config(checkpoint: str) -> tuple[Any, int]:
+    """``(TrainConfig, text hidden size)`` of a checkpoint, read from its ``meta.json`` alone."""
+    from deri_sweep.evaluate.pretrained import read_train_config
+    from deri_sweep.train.checkpoint import read_meta
+
+    return read_train_config(checkpoint, read_meta(checkpoint))
 
 
 def _representation(checkpoint: str, feature: str) -> str:
     """What ``feature`` reads from the checkpoint's model (``m_e``, ``z_e``, ``resnet``)."""
-    import json
-
-    from deri_sweep.evaluate.pretrained import read_train_config
-    from deri_sweep.train.checkpoint import META_FILE
-
-    config, _ = read_train_config(checkpoint, json.loads((Path(checkpoint) / META_FILE).read_text()))
+    config, _ = _train_config(checkpoint)
     return config.model.representation(feature)
 
 
@@ -165,6 +175,8 @@ def probe_suite(
     if plan.random_floor if random_floor is None else random_floor:
         encoders["random_init"] = floor_seed
     probed = _representation(checkpoint, plan.feature)
+    fractions, seeds = [float(f) for f in plan.fractions], [int(s) for s in plan.seeds]
+    heads = tuple((f, float(s)) for f in fractions for s in seeds)  # run_linear_probes' row order
     pending: list[Pending] = []
     if plan.tasks:
         known = {t.name for d in plan.datasets if d in caches for t in tasks_of_cache(SignalCache.open(caches[d]))}
@@ -180,19 +192,17 @@ def probe_suite(
         for encoder, seed_of_floor in encoders.items():
             features = extract.remote(checkpoint, cache_dir, plan.feature, str(feature_root), seed_of_floor)
             for task in tasks:
-                for fraction in plan.fractions:
-                    for seed in plan.seeds:
-                        ref = probe.remote(features, cache_dir, task.label_set, fraction, seed, plan.epochs)
-                        pending.append(Pending(ref, encoder, task.name, "linear_probe", fraction, seed, probed))
+                ref = probe.remote(features, cache_dir, task.label_set, fractions, seeds, plan.epochs)
+                pending.append(Pending(ref, encoder, task.name, "linear_probe", heads, probed))
                 if plan.zero_shot and encoder == "pretrained" and plan.feature == "mix":
                     ref = zero_shot.remote(features, checkpoint, cache_dir, task.label_set)
-                    pending.append(Pending(ref, encoder, task.name, "zero_shot", math.nan, math.nan, probed))
+                    pending.append(Pending(ref, encoder, task.name, "zero_shot", NO_HEAD, probed))
             if plan.report_generation and encoder == "pretrained" and has_reports:
                 name = f"{dataset}_report"
                 samples = str(Path(samples_dir) / f"{name}_samples.json") if samples_dir and plan.report_samples else ""
                 ref = report_gen.remote(features, cache_dir, name, plan.report_decoder, plan.report_epochs,
                                         plan.report_samples, samples)  # fmt: skip
-                pending.append(Pending(ref, encoder, name, "report_generation", math.nan, math.nan, probed))
+                pending.append(Pending(ref, encoder, name, "report_generation", NO_HEAD, probed))
     return pending
 
 
@@ -209,11 +219,11 @@ def collect(pending: list[Pending]) -> pd.DataFrame:
             frame = ray.get(item.ref).copy()
             frame["status"] = "ok"
         except (ray.exceptions.RayError, ValueError) as exc:
-            log.error("probe %s/%s fraction %s seed %s failed: %s", item.encoder, item.task, item.fraction,
-                      item.probe_seed, exc)  # fmt: skip
+            log.error("probe %s/%s (%s, %d head(s)) failed: %s", item.encoder, item.task, item.eval, len(item.heads),
+                      exc)  # fmt: skip
             frame = pd.DataFrame(
-                [{"task": item.task, "method": item.eval, "fraction": item.fraction, "probe_seed": item.probe_seed,
-                  "metric": "error", "value": math.nan, "status": "failed"}]
+                [{"task": item.task, "method": item.eval, "fraction": fraction, "probe_seed": seed,
+                  "metric": "error", "value": math.nan, "status": "failed"} for fraction, seed in item.heads]
             )  # fmt: skip
         frame["encoder"] = item.encoder
         frame["feature"] = item.feature

@@ -187,12 +187,59 @@ def _mlflow_callback(uri: str, space: SearchSpace, run_dir: Path, run_id: str) -
     return SweepMLflowCallback(uri, space, run_dir, run_id)
 
 
+def persist_trial_folders(trials: list[Trial], folder: str) -> int:
+    """Copy each trial's ``folder`` from Tune's driver staging folder to the trial's folder in storage.
+
+    A logger callback writes a trial's files on the driver under ``trial_driver_staging_path``,
+    which Tune syncs to storage during the run and once more before ``on_experiment_end``;
+    this copies what was written after that last sync. A failed copy is logged, never raised.
+
+    Returns:
+        The number of trial folders copied.
+    """
+    import pyarrow.fs
+
+    copied = 0
+    for trial in trials:
+        storage = trial.storage
+        if storage is None or storage.trial_dir_name is None:
+            continue
+        local = Path(storage.trial_driver_staging_path) / folder
+        target = Path(storage.trial_fs_path, folder).as_posix()
+        local_storage = isinstance(storage.storage_filesystem, pyarrow.fs.LocalFileSystem)
+        if not local.is_dir() or (local_storage and Path(target).resolve() == local.resolve()):
+            continue
+        try:
+            pyarrow.fs.copy_files(str(local), target, source_filesystem=pyarrow.fs.LocalFileSystem(),
+                                  destination_filesystem=storage.storage_filesystem)  # fmt: skip
+            copied += 1
+        except (OSError, pyarrow.ArrowException) as exc:
+            log.warning("could not copy %s of trial %s to %s: %s", folder, trial.trial_id, target, exc)
+    return copied
+
+
 def _wandb_callback(space: SearchSpace, run_dir: Path, run_id: str) -> Any:
     import ray
-    from ray.air.integrations.wandb import WANDB_ENV_VAR, WandbLoggerCallback
+    from ray.air.integrations.wandb import WANDB_ENV_VAR, WandbLoggerCallback, _WandbLoggingActor
     from ray.air.util.node import _force_on_current_node
 
     os.environ.setdefault("WANDB_MODE", "offline")  # Ray's callback asks for an API key unless it sees this
+
+    class FlushingWandbLoggingActor(_WandbLoggingActor):
+        """Ray's W&B logging actor, which also waits for W&B to write the run before it returns.
+
+        ``wandb.finish()`` hands the run to W&B's service process, which writes the ``.wandb``
+        file when the client tears down, by default in an atexit hook. Ray kills a finished
+        logging actor's process group (service included) without running atexit hooks, so a
+        run could be left with an empty file (an early-stopped trial's, measured). ``teardown``
+        waits for the service to finish writing.
+        """
+
+        def run(self) -> None:
+            try:
+                super().run()
+            finally:
+                self._wandb.teardown()
 
     class SweepWandbCallback(WandbLoggerCallback):
         """Ray Tune's W&B callback, one run per trial as the module says (offline by default).
@@ -202,6 +249,8 @@ def _wandb_callback(space: SearchSpace, run_dir: Path, run_id: str) -> Any:
         sweep's own, removed when the experiment ends (or, after a killed driver, by the next
         sweep on the node), so nothing of W&B's accumulates in the system temp dir.
         """
+
+        _logger_actor_cls = FlushingWandbLoggingActor
 
         def __init__(self) -> None:
             removed = remove_orphaned_temp_dirs(WANDB_TMP_PREFIX)
@@ -232,8 +281,15 @@ def _wandb_callback(space: SearchSpace, run_dir: Path, run_id: str) -> Any:
             super()._start_logging_actor(trial, exclude_results, **wandb_init_kwargs)
 
         def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
+            """Wait for every W&B run to be written (Ray's part), then copy the runs into the run directory.
+
+            Tune's last sync of the trials' folders to storage happens before this callback, so
+            the runs W&B finishes here (the last trials') would otherwise reach the run directory
+            as they were at that sync: an empty ``.wandb`` file (measured, an early-stopped trial).
+            """
             try:
                 super().on_experiment_end(trials, **info)
+                persist_trial_folders(trials, "wandb")
             finally:
                 shutil.rmtree(self._tmp, ignore_errors=True)
 

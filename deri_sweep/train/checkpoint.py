@@ -71,6 +71,21 @@ def _to_bytes(state: dict[str, Any]) -> bytes:
     return handle.getvalue()
 
 
+def read_meta(directory: str | Path) -> dict[str, Any]:
+    """A checkpoint's ``meta.json`` alone (config, seed, metrics), without reading its weights.
+
+    Raises:
+        CheckpointError: no ``meta.json`` (an unfinished checkpoint) or one that is not JSON.
+    """
+    path = Path(directory) / META_FILE
+    if not path.exists():
+        raise CheckpointError(f"{directory}: not a finished deri-sweep checkpoint (no {META_FILE})")
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: unreadable ({type(exc).__name__}: {exc}); start the run afresh") from exc
+
+
 def load_checkpoint(directory: str | Path, map_location: str | torch.device = "cpu") -> tuple[dict[str, Any], dict]:
     """Read a checkpoint written by :func:`save_checkpoint`.
 
@@ -82,10 +97,8 @@ def load_checkpoint(directory: str | Path, map_location: str | torch.device = "c
             or a corrupt state file; the message names the path.
     """
     directory = Path(directory)
-    if not (directory / META_FILE).exists():
-        raise CheckpointError(f"{directory}: not a finished deri-sweep checkpoint (no {META_FILE})")
+    meta = read_meta(directory)
     try:
-        meta = json.loads((directory / META_FILE).read_text())
         state = torch.load(directory / STATE_FILE, map_location=map_location, weights_only=False)
     except Exception as exc:  # torch raises many kinds for a corrupt file
         cause = str(exc).split(". ")[0][:80]  # short: Ray keeps only the tail of a worker's error
