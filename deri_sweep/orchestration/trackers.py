@@ -228,11 +228,11 @@ def _wandb_callback(space: SearchSpace, run_dir: Path, run_id: str) -> Any:
     class FlushingWandbLoggingActor(_WandbLoggingActor):
         """Ray's W&B logging actor, which also waits for W&B to write the run before it returns.
 
-        ``wandb.finish()`` hands the run to W&B's service process, which writes the ``.wandb``
-        file when the client tears down, by default in an atexit hook. Ray kills a finished
-        logging actor's process group (service included) without running atexit hooks, so a
-        run could be left with an empty file (an early-stopped trial's, measured). ``teardown``
-        waits for the service to finish writing.
+        ``wandb.finish()`` hands the run to W&B's service process, which finishes writing the
+        ``.wandb`` file when the client tears down: by default in an atexit hook, which Ray's kill
+        of a finished logging actor cuts short (W&B then printed a "Connection lost" traceback per
+        trial). Tearing down here means the file is complete when ``run`` returns, which is when
+        the callback copies it into the run directory.
         """
 
         def run(self) -> None:
