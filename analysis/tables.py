@@ -113,18 +113,12 @@ class ComparisonTable:
     @property
     def n_comparisons(self) -> int:
         """Number of ablation cells the Holm correction ran over (finite ``p_holm``, the floor excluded)."""
-        return self._n_tested(floor=False)
+        return _family_sizes(self.frame)[0] if "p_holm" in self.frame else 0
 
     @property
     def n_floor_comparisons(self) -> int:
         """Number of random-init floor cells, Holm-corrected as their own family (0 without a floor)."""
-        return self._n_tested(floor=True)
-
-    def _n_tested(self, *, floor: bool) -> int:
-        if "p_holm" not in self.frame:
-            return 0
-        tested = np.isfinite(self.frame["p_holm"].astype(float))  # the baseline's own cells are NaN
-        return int((tested & ((self.frame["variant"] == RANDOM_INIT) == floor)).sum())
+        return _family_sizes(self.frame)[1] if "p_holm" in self.frame else 0
 
     def row_feature(self, variant: str) -> str:
         """The probed feature(s) of a row: ``"/"``-joined union of its cells' ``feature`` ("" when unknown)."""
@@ -338,16 +332,24 @@ def _add_verdicts(
     frame["verdict"] = verdicts
 
 
+def _family_sizes(frame: pd.DataFrame) -> tuple[int, int]:
+    """``(ablation cells, random-init floor cells)`` the Holm correction ran over (finite ``p_holm``).
+
+    The baseline's own cells have no ``p_holm``, so a floor that is the baseline counts in neither.
+    """
+    tested = np.isfinite(frame["p_holm"].astype(float))
+    floor = tested & (frame["variant"] == RANDOM_INIT)
+    return int((tested & ~floor).sum()), int(floor.sum())
+
+
 def _holm_note(frame: pd.DataFrame, baseline: str, *, alpha: float) -> str:
-    tested = np.isfinite(frame["p_holm"])
-    floor = tested & (frame["variant"] == RANDOM_INIT)  # never the baseline: its cells are untested
-    k, m = int((tested & ~floor).sum()), int(floor.sum())
+    k, m = _family_sizes(frame)
     note = (
         f"verdicts: paired t-test over pretraining seeds per cell, p-values Holm-corrected over the {k} ablation "
         f"comparison{'' if k == 1 else 's'} in this table (alpha {alpha:g}); 'helps'/'hurts' = the variant is "
         f"better/worse than the baseline {baseline}."
     )
-    if floor.any():
+    if m:
         note += (
             f" The random-init floor (variant '{RANDOM_INIT}') asks another question (does pretraining beat an "
             f"untrained encoder?), so its {m} cell{'' if m == 1 else 's'} are Holm-corrected as a family of their "
