@@ -6,6 +6,7 @@ import dataclasses
 
 import pytest
 import torch
+import torch.nn.functional as F
 from transformers import BertConfig, BertModel
 
 from deri_sweep.common.strict_loader import ConfigError, apply_overrides, from_dict, to_dict
@@ -71,31 +72,125 @@ POOL_PROJECTION = 65_792
 
 
 def test_parameter_counts_match_spec_section_10() -> None:
-    """Exact counts at the reference size with a 768-d frozen tower (spec section 10: ~9.2 M trainable).
+    """Exact counts at the reference size with a 768-d frozen tower (spec section 10: 9,023,872 trainable).
 
-    Changed parts, by hand (d = 256, T = 105, RME keeps int(105 * 0.9) = 94 tokens):
+    By hand (d = 256, T = 105, RME keeps int(105 * 0.9) = 94 tokens, 8 heads x 64 = 512 inner width, hidden 256):
       attention pool over n tokens = sep 256 + pos (n + 2) * 256 + MHA in_proj 3 * 256 * 256 + 3 * 256 (196_608 + 768)
                                      + MHA out_proj 256 * 256 + 256 (65_792)
       token head = conv 512 * 256 + 256 (131_328) + pool(105) (256 + 27_392 + 197_376 + 65_792 = 290_816) = 422_144
       rme        = 2 * pool(94) = 2 * (256 + 24_576 + 197_376 + 65_792) = 2 * 288_000 = 576_000
-    The spec's ~0.49 M token head and ~0.7 M RME pools (and ~9.2 M total) count the reference's c_proj, which the
-    reference defines but does not apply (token.pool_projection=true, off by default): one more Linear(256, 256) of
-    65_792 per pool, i.e. 487_936, 707_584 and 9_215_872 (see the test below).
+      one block  = 2 LayerNorms 1_024 + qkv 256 * 1_536 + 1_536 (bias) + out 512 * 256 + 256 + FFN 3 * 65_792 - 256 * 2
+                   (fc1, fc3 256 -> 256, fc2 256 -> 256: 197_376) = 1_024 + 394_752 + 131_328 + 197_376 = 724_480
+      decode_t   = input head 197_376 + sep 256 (tied: s is decode_e's) + pos 108 * 256 (27_648) + 2 blocks 1_448_960
+                   + LayerNorm 512 + output head (fc1, fc3 256 -> 256: 131_584; fc2 256 -> 768: 197_376) = 2_003_712
+      decode_e   = input head 197_376 + sep 256 + pos 258 * 256 (66_048) + 2 blocks + LayerNorm 512 + head 197_376
+                   = 1_910_528
+    These are the authors' module counts of spec section 10 (decode_t 2,003,712, decode_e 1,910,528); their
+    ResNet (3,853,962), token head (487,936) and RME pools (707,584) also count the classifier (5,130) and the
+    attention pools' c_proj (65,792 each), which their forward never calls (token.pool_projection adds it back).
     """
     bert = BertModel(BertConfig(hidden_size=768, num_hidden_layers=1, num_attention_heads=12, vocab_size=64))
     model = DERI(ModelConfig(), text_tower=TextTower(TextConfig(), model=bert))
     counts = model.num_parameters()
     assert counts == {
-        "ecg.resnet": 3_848_832,  # spec ~3.85 M
+        "ecg.resnet": 3_848_832,  # 3_853_962 - 5_130
         "ecg.token_head": 422_144,
         "rme": 576_000,
-        "decode_t": 2_001_152,  # spec ~2.0 M
-        "decode_e": 1_907_712,  # spec ~1.9 M
-        "proj_t": 262_656,  # 768 * 256 + 256 + 256 * 256 + 256, spec ~0.26 M
+        "decode_t": 2_003_712,
+        "decode_e": 1_910_528,
+        "proj_t": 262_656,  # 768 * 256 + 256 + 256 * 256 + 256
         "text": 0,  # frozen
-        "total": 9_018_496,  # = 9_215_872 - 3 * 65_792
+        "total": 9_023_872,  # spec section 10, without the uncalled parts
     }
     assert counts["total"] == sum(v for k, v in counts.items() if k != "total")
+    # the earlier choices, one --set each: no qkv bias (2 blocks x 1_536 per stack), three separators apart
+    legacy = apply_overrides(ModelConfig(), ["interaction.qkv_bias=false", "interaction.tied_separators=false"])
+    old = DERI(legacy, text_tower=TextTower(TextConfig(), model=bert)).num_parameters()
+    assert (old["decode_t"], old["decode_e"], old["total"]) == (2_001_152, 1_907_712, 9_018_496)
+    # decode_e off: decode_t owns its token s again
+    alone = dataclasses.replace(
+        ModelConfig(), interaction=InteractionConfig(decode_e=False), loss=LossConfig(w_dec_e=0)
+    )
+    assert DERI(alone, text_hidden_size=768).num_parameters()["decode_t"] == 2_003_712 + 256
+
+
+def test_initialisation_follows_the_authors_and_small_restores_the_earlier_one() -> None:
+    """Reference draws: decode stacks' positions, separators and s std 1; attention pools' sep std 1, positions 1/d."""
+    torch.manual_seed(0)
+    model = DERI(ModelConfig(), text_hidden_size=768)
+    stacks = {"decode_t": model.decode_t, "decode_e": model.decode_e}
+    for name, stack in stacks.items():
+        assert stack.sep_end is None, name  # one separator at both ends
+        assert float(stack.pos.detach().std()) == pytest.approx(1.0, rel=0.02), name  # 108 x 256 or 258 x 256 draws
+    assert model.decode_t.token is None  # s is decode_e's separator
+    seps = torch.cat([model.decode_t.sep.flatten(), model.decode_e.sep.flatten()])
+    assert float(seps.detach().std()) == pytest.approx(1.0, rel=0.15)  # 512 draws: +-3 sd is about 9%
+    pools = [model.ecg.token_head.pool, model.rme.pool1, model.rme.pool2]
+    for pool in pools:
+        assert float(pool.pos.detach().std()) == pytest.approx(1 / 256, rel=0.02)  # >= 96 x 256 draws
+    assert float(torch.cat([p.sep.detach().flatten() for p in pools]).std()) == pytest.approx(1.0, rel=0.15)
+    assert model.decode_t.blocks[0].attn.qkv.bias is not None
+    small = apply_overrides(ModelConfig(), ["interaction.init=small", "token.init=small"])
+    torch.manual_seed(0)
+    legacy = DERI(small, text_hidden_size=768)
+    for param in (legacy.decode_t.pos, legacy.decode_e.sep, legacy.ecg.token_head.pool.pos, legacy.rme.pool1.sep):
+        assert 0.015 < float(param.detach().std()) < 0.025
+
+
+def test_gated_mlp_dropout_placement() -> None:
+    """Reference: two dropout masks before the gate; product: one after it. Equal in eval mode."""
+    from deri_sweep.model.interaction import GatedMLP
+
+    torch.manual_seed(0)
+    ref, prod = GatedMLP(16, 32, 8, dropout=0.5), GatedMLP(16, 32, 8, dropout=0.5, placement="product")
+    prod.load_state_dict(ref.state_dict())
+    x = torch.randn(4000, 16)
+    torch.testing.assert_close(ref.eval()(x), prod.eval()(x))
+    ref.train(), prod.train()
+    torch.manual_seed(1)
+    out = ref(x)
+    torch.manual_seed(1)
+    a, b = F.dropout(ref.fc1(x), 0.5), F.dropout(ref.fc3(x), 0.5)  # the same two draws, in the same order
+    torch.testing.assert_close(out, ref.fc2(F.silu(a) * b))
+    torch.manual_seed(1)
+    out = prod(x)
+    torch.manual_seed(1)
+    torch.testing.assert_close(out, prod.fc2(F.dropout(F.silu(prod.fc1(x)) * prod.fc3(x), 0.5)))
+    assert float((ref(x) - out).abs().max()) > 0.1  # in train mode the placements differ
+
+
+def test_mask_padding_false_is_the_authors_computation(tower: TextTower) -> None:
+    """mask_padding=false on a padded batch equals a plain re-statement of the authors' masking-free decode_e.
+
+    Theirs (utils_builder.py / block.py): BERT's last hidden state, padding states included, -> proj_t ->
+    to_patch -> + pos[1:-1]; separators sep + pos[0] and sep + pos[-1] around the whole padded sequence; blocks
+    attending everywhere; norm; separators dropped; head; mean over all N positions.
+    """
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(short_cfg(), interaction=InteractionConfig(mask_padding=False))
+    model = DERI(cfg, text_tower=tower).eval()
+    tok = tower.tokenize(REPORTS)
+    assert not tok["attention_mask"].all()  # padded
+    ecg = torch.randn(3, 12, SHORT)
+    ours = model(ecg, **tok)["d_e"]  # (3, d)
+
+    stack = model.decode_e
+    with torch.no_grad():
+        hidden = tower.model(**tok).last_hidden_state  # (B, N, H), padding states kept
+        x = stack.input_head(model.proj_t(hidden))  # (B, N, d)
+        n = x.shape[1]
+        pos = stack.pos[:, : n + 2]
+        x = x + pos[:, 1:-1]
+        sep = stack.sep.expand(x.shape[0], -1, -1)
+        x = torch.cat([sep + pos[:, :1], x, sep + pos[:, -1:]], dim=1)
+        for block in stack.blocks:
+            x = block(x, None)
+        theirs = stack.output_head(stack.norm(x)[:, 1:-1]).mean(dim=1)  # (B, d)
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+    # and the project's default differs there: it masks the padding
+    on = DERI(short_cfg(), text_tower=tower).eval()
+    on.load_state_dict(model.state_dict())
+    assert float((on(ecg, **tok)["d_e"] - ours).abs().max().detach()) > 1e-3
 
 
 def test_pool_projection_adds_one_linear_per_attention_pool() -> None:
@@ -112,7 +207,7 @@ def test_pool_projection_adds_one_linear_per_attention_pool() -> None:
     assert n_on["ecg.token_head"] - n_off["ecg.token_head"] == POOL_PROJECTION
     assert n_on["rme"] - n_off["rme"] == 2 * POOL_PROJECTION
     assert n_on["total"] - n_off["total"] == 3 * POOL_PROJECTION
-    assert (n_on["ecg.token_head"], n_on["rme"], n_on["total"]) == (487_936, 707_584, 9_215_872)  # spec 0.49/0.7/9.2
+    assert (n_on["ecg.token_head"], n_on["rme"], n_on["total"]) == (487_936, 707_584, 9_221_248)  # spec - classifier
     # the switch adds exactly that Linear after the attention: identity weights reproduce the default model
     torch.manual_seed(0)
     off = DERI(short_cfg(), text_hidden_size=32).eval()

@@ -18,6 +18,9 @@ from typing import Literal
 
 from deri_sweep.common.strict_loader import ConfigError
 
+Init = Literal["reference", "small"]  # the authors' std-1 (and 1/dim) draws, or truncated normal std 0.02
+DropoutPlacement = Literal["reference", "product"]
+
 #: The paper's text tower; local default is ``"embedded"`` (see module docstring).
 CLUSTER_TEXT_TOWER = "ncbi/MedCPT-Query-Encoder"
 
@@ -56,12 +59,16 @@ class TokenConfig:
         pool_projection: apply a Linear after the attention-pool blocks' attention
             (the reference defines c_proj but does not apply it); off by default.
             Applies to the token head's pool and to both RME pools.
+        init: the attention pools' separator and positional embedding: ``reference`` (the
+            authors': separator std 1, positions std 1/dim) or ``small`` (std 0.02, the
+            earlier default).
     """
 
     stride: int = 3
     dim: int = 256
     heads: int = 4
     pool_projection: bool = False
+    init: Init = "reference"
 
     def __post_init__(self) -> None:
         _check(self.stride >= 1, f"token.stride={self.stride} must be >= 1")
@@ -97,7 +104,25 @@ class TextConfig:
 
 @dataclass
 class InteractionConfig:
-    """The two reconstruction decoders (spec section 3); ``depth`` is the first ablation axis."""
+    """The two reconstruction decoders (spec section 3); ``depth`` is the first ablation axis.
+
+    The last four fields follow the authors' code by default (spec section 3, "reference
+    details"); each restores the earlier choice with one ``--set``:
+
+    Attributes:
+        mask_padding: mask report padding in decode_e's attention, put its end separator after
+            the last real token and average real tokens only (the project's decision); ``false``
+            computes what the authors' code does on a padded batch (padding states unzeroed,
+            end separator after the padded sequence, plain mean). ``false`` needs BERT's padding
+            states, so it runs the text tower instead of reading the text-feature cache.
+        qkv_bias: a bias on the attention's qkv projection (the authors'; ``false``: none).
+        tied_separators: one separator per stack at both ends, and decode_t's appended token s
+            is decode_e's separator (the authors'); ``false``: start, end and s apart.
+        init: ``reference`` draws positions, separators and s with std 1 (the authors'
+            ``torch.randn``); ``small``: truncated normal, std 0.02.
+        dropout_placement: ``reference`` drops fc1's and fc3's outputs separately before the
+            SiLU gate in the input/output gated MLPs; ``product`` drops their product.
+    """
 
     depth: int = 2
     decode_t: bool = True
@@ -108,6 +133,10 @@ class InteractionConfig:
     hidden: int = 256
     dropout: float = 0.2
     drop_path: float = 0.1
+    qkv_bias: bool = True
+    tied_separators: bool = True
+    init: Init = "reference"
+    dropout_placement: DropoutPlacement = "reference"
 
     def __post_init__(self) -> None:
         _check(self.depth >= 0, f"interaction.depth={self.depth} must be >= 0")

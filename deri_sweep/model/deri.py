@@ -64,10 +64,15 @@ class DERI(nn.Module):
         self.ecg = ECGEncoder(cfg.ecg, cfg.token)
         t = self.ecg.n_tokens
         self.proj_t = nn.Sequential(nn.Linear(h, d), nn.GELU(), nn.Linear(d, d))  # H -> d
-        self.decode_t = InteractionStack(d, h, d, t, inter, append_token=True) if inter.decode_t else None
+        tied = inter.tied_separators and inter.decode_e  # decode_t's s is decode_e's separator
+        self.decode_t = (
+            InteractionStack(d, h, d, t, inter, append_token=True, own_token=not tied) if inter.decode_t else None
+        )
         self.decode_e = InteractionStack(d, d, d, cfg.text.max_length, inter) if inter.decode_e else None
         self.rme = (
-            RMEPools(d, cfg.rme.heads, t, cfg.rme.keep_ratio, cfg.token.pool_projection) if cfg.rme.enabled else None
+            RMEPools(d, cfg.rme.heads, t, cfg.rme.keep_ratio, cfg.token.pool_projection, cfg.token.init)
+            if cfg.rme.enabled
+            else None
         )
         self.decoder: ReportDecoder | None = None
         if cfg.loss.w_cap > 0:
@@ -108,7 +113,7 @@ class DERI(nn.Module):
                 raise ValueError("this DERI was built without a text tower (text_hidden_size=...); pass features")
             if attention_mask is None:
                 raise ValueError("input_ids given without attention_mask")
-            return self.text(input_ids, attention_mask)
+            return self.text(input_ids, attention_mask, zero_padding=self.cfg.interaction.mask_padding)
         if tokens is None or token_mask is None:
             raise ValueError("pooled given without tokens and token_mask")
         dtype = self.proj_t[0].weight.dtype
@@ -149,7 +154,13 @@ class DERI(nn.Module):
             raise ValueError(f"feature={feature!r}; use mix, aligned, resnet or tokens")
         if not self.cfg.fusion or self.decode_t is None:
             return z_e  # nothing is fused into the ECG side: its final representation is z_e
-        return z_e + self.proj_t(self.decode_t(e_hat).mean(dim=1))  # (B, d)
+        return z_e + self.proj_t(self._decode_t(e_hat))  # (B, d)
+
+    def _decode_t(self, e_hat: Tensor) -> Tensor:
+        """d_t: [Ê ; s] (B, T+1, d) -> decode_t -> (B, T+1, H) -> mean (B, H); s is decode_e's separator when tied."""
+        assert self.decode_t is not None
+        s = self.decode_e.sep if self.decode_t.token is None and self.decode_e is not None else None
+        return self.decode_t(e_hat, token=s).mean(dim=1)
 
     # ----------------------------------------------------------------------------- forward
     def forward(
@@ -189,10 +200,11 @@ class DERI(nn.Module):
         out["logit_scale"] = self.logit_scale
 
         if self.decode_t is not None:
-            out["d_t"] = self.decode_t(e_hat).mean(dim=1)  # [Ê ; s] (B, T+1, d) -> (B, T+1, H) -> (B, H)
+            out["d_t"] = self._decode_t(e_hat)  # (B, H)
         if self.decode_e is not None:
             h = self.proj_t(text.tokens)  # (B, N, d)
-            out["d_e"] = masked_mean(self.decode_e(h, text.mask), text.mask)  # (B, N, d) -> (B, d)
+            mean_over = text.mask if self.cfg.interaction.mask_padding else None  # the authors: a plain mean
+            out["d_e"] = masked_mean(self.decode_e(h, text.mask), mean_over)  # (B, N, d) -> (B, d)
         if self.cfg.fusion:
             out["m_e"] = out["z_e"] + self.proj_t(out["d_t"]) if "d_t" in out else out["z_e"]  # (B, d)
             out["m_t"] = out["z_t"] + out["d_e"] if "d_e" in out else out["z_t"]  # (B, d)

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from deri_sweep.model.config import ECGConfig, TokenConfig
+from deri_sweep.model.config import ECGConfig, Init, TokenConfig
 
 #: Stage widths and strides of ResNet18-1D (two BasicBlocks per stage).
 WIDTHS: tuple[int, ...] = (64, 128, 256, 512)
@@ -90,17 +90,22 @@ class AttentionPool(nn.Module):
         heads: attention heads (must divide ``dim``).
         n_tokens: sequence length n the positional embedding is sized for.
         projection: apply a Linear(dim, dim) after the attention.
+        init: ``reference`` (separator std 1, positions std 1/dim) or ``small`` (std 0.02).
     """
 
-    def __init__(self, dim: int, heads: int, n_tokens: int, projection: bool = False) -> None:
+    def __init__(self, dim: int, heads: int, n_tokens: int, projection: bool = False, init: Init = "reference") -> None:
         super().__init__()
         self.n_tokens = n_tokens
         self.sep = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos = nn.Parameter(torch.zeros(1, n_tokens + 2, dim))
         self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
         self.proj: nn.Linear | None = nn.Linear(dim, dim) if projection else None
-        nn.init.trunc_normal_(self.sep, std=0.02)
-        nn.init.trunc_normal_(self.pos, std=0.02)
+        if init == "reference":  # the authors': torch.randn(dim) and torch.randn(1, n + 2, dim) / dim
+            nn.init.normal_(self.sep, std=1.0)
+            nn.init.normal_(self.pos, std=1.0 / dim)
+        else:
+            nn.init.trunc_normal_(self.sep, std=0.02)
+            nn.init.trunc_normal_(self.pos, std=0.02)
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, n, dim) -> (B, n, dim)."""
@@ -123,7 +128,7 @@ class TokenHead(nn.Module):
     def __init__(self, c_in: int, cfg: TokenConfig, n_tokens: int) -> None:
         super().__init__()
         self.conv = nn.Conv1d(c_in, cfg.dim, 1, stride=cfg.stride)
-        self.pool = AttentionPool(cfg.dim, cfg.heads, n_tokens, cfg.pool_projection)
+        self.pool = AttentionPool(cfg.dim, cfg.heads, n_tokens, cfg.pool_projection, cfg.init)
 
     def forward(self, feats: Tensor) -> tuple[Tensor, Tensor]:
         """F (B, 512, L) -> (D (B, T, d), E (B, T, d))."""
@@ -179,13 +184,16 @@ class RMEPools(nn.Module):
         n_tokens: T, the length of D.
         keep_ratio: fraction of the T tokens each view keeps.
         projection: apply a Linear(dim, dim) after each pool's attention (``token.pool_projection``).
+        init: the pools' separator/position initialisation (``token.init``).
     """
 
-    def __init__(self, dim: int, heads: int, n_tokens: int, keep_ratio: float, projection: bool = False) -> None:
+    def __init__(
+        self, dim: int, heads: int, n_tokens: int, keep_ratio: float, projection: bool = False, init: Init = "reference"
+    ) -> None:
         super().__init__()
         self.n_keep = max(1, int(n_tokens * keep_ratio))
-        self.pool1 = AttentionPool(dim, heads, self.n_keep, projection)
-        self.pool2 = AttentionPool(dim, heads, self.n_keep, projection)
+        self.pool1 = AttentionPool(dim, heads, self.n_keep, projection, init)
+        self.pool2 = AttentionPool(dim, heads, self.n_keep, projection, init)
 
     def _view(self, d: Tensor) -> Tensor:
         b, t, dim = d.shape

@@ -161,26 +161,29 @@ class TextTower(nn.Module):
         )
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> TextFeatures:
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, zero_padding: bool = True) -> TextFeatures:
         """Encode tokenised reports.
 
         Args:
             input_ids: (B, N) int64.
             attention_mask: (B, N) 0/1, right padded.
+            zero_padding: zero H at padding positions (the project's decision); ``False`` keeps
+                BERT's padding states, as the authors' code does (``interaction.mask_padding: false``).
 
         Returns:
-            :class:`TextFeatures` with p (B, H), H (B, N, H) zeroed at padding, mask (B, N) bool.
+            :class:`TextFeatures` with p (B, H), H (B, N, H) (zeroed at padding by default), mask (B, N) bool.
         """
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
             out = self.model(input_ids=input_ids, attention_mask=attention_mask)
         mask = attention_mask.bool()  # (B, N)
-        tokens = out.last_hidden_state * mask.unsqueeze(-1)  # (B, N, H), padding -> 0
+        zeroed = out.last_hidden_state * mask.unsqueeze(-1)  # (B, N, H), padding -> 0
         if self.cfg.pooling == "pooler":
             pooled = out.pooler_output  # (B, H) tanh(W h_cls)
         elif self.cfg.pooling == "cls":
             pooled = out.last_hidden_state[:, 0]  # (B, H)
         else:
-            pooled = tokens.sum(1) / mask.sum(1, keepdim=True).clamp(min=1)  # (B, H)
+            pooled = zeroed.sum(1) / mask.sum(1, keepdim=True).clamp(min=1)  # (B, H)
+        tokens = zeroed if zero_padding else out.last_hidden_state
         return TextFeatures(pooled=pooled, tokens=tokens, mask=mask)
 
     @torch.no_grad()
