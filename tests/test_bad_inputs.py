@@ -179,6 +179,127 @@ def mimic_missing_file(root: Path) -> None:
     (root / f"{table.loc[1, 'path']}.dat").unlink()
 
 
+def signal_line_edit(fn: Callable[[list[str]], list[str]], key: str = "00003") -> Callable[[Path], None]:
+    """Edit every signal line's tokens of a PTB-XL record's header."""
+
+    def corrupt(root: Path) -> None:
+        hea = ptbxl_hea(root, key)
+        lines = hea.read_text().splitlines()
+        hea.write_text("\n".join([lines[0], *(" ".join(fn(line.split(" "))) for line in lines[1:])]) + "\n")
+
+    return corrupt
+
+
+def set_token(index: int, value: str) -> Callable[[list[str]], list[str]]:
+    return lambda tokens: [*tokens[:index], value, *tokens[index + 1 :]]
+
+
+def write_bytes_of(path_of: Callable[[Path], Path], fn: Callable[[bytes], bytes]) -> Callable[[Path], None]:
+    def corrupt(root: Path) -> None:
+        path = path_of(root)
+        path.write_bytes(fn(path.read_bytes()))
+
+    return corrupt
+
+
+def mkfifo(path_of: Callable[[Path], Path]) -> Callable[[Path], None]:
+    def corrupt(root: Path) -> None:
+        path = path_of(root)
+        path.unlink(missing_ok=True)
+        os.mkfifo(path)
+
+    return corrupt
+
+
+def name_signal_file(file_name: str, hea_of: Callable[[Path], Path]) -> Callable[[Path], None]:
+    """Point every signal line of a header at ``file_name``."""
+
+    def corrupt(root: Path) -> None:
+        hea = hea_of(root)
+        lines = hea.read_text().splitlines()
+        named = [line if line.startswith("#") else f"{file_name} {line.split(' ', 1)[1]}" for line in lines[1:]]
+        hea.write_text("\n".join([lines[0], *named]) + "\n")
+
+    return corrupt
+
+
+def outside_root_copy(root: Path) -> None:
+    """A valid copy of record 00003's signal outside the root, named by its header as ``../../../outside/evil.dat``."""
+    outside = root.parent / "outside"
+    outside.mkdir()
+    shutil.copyfile(ptbxl_hea(root).with_suffix(".dat"), outside / "evil.dat")
+    name_signal_file("../../../outside/evil.dat", ptbxl_hea)(root)
+
+
+def other_file_same_samples(root: Path) -> None:
+    """Header 00003 names ``spare.dat``, an exact copy of record 00004's signal (same size, other samples)."""
+    shutil.copyfile(ptbxl_hea(root, "00004").with_suffix(".dat"), ptbxl_hea(root).parent / "spare.dat")
+    name_signal_file("spare.dat", ptbxl_hea)(root)
+
+
+def fifteen_channels(root: Path) -> None:
+    """Record 00003's .dat rewritten with 15 interleaved channels (its 12 + 3 more) under the 12-signal header."""
+    dat = ptbxl_hea(root).with_suffix(".dat")
+    frames = np.fromfile(dat, dtype="<i2").reshape(-1, 12)
+    np.concatenate([frames, frames[:, :3]], axis=1).astype("<i2").tofile(dat)
+
+
+def cpsc_original_with(mat_of: Callable[[], dict]) -> Callable[[Path], None]:
+    """The original CPSC release, with record A0002's ``ECG`` struct replaced by ``mat_of()``."""
+
+    def corrupt(root: Path) -> None:
+        cpsc_original(root)
+        scipy.io.savemat(root / "A0002.mat", mat_of())
+
+    return corrupt
+
+
+def _cell_data() -> dict:
+    cell = np.empty((1, 2), dtype=object)
+    cell[0, 0], cell[0, 1] = np.ones(3), np.ones(3)
+    return {"ECG": {"sex": "Male", "age": 50.0, "data": cell}}
+
+
+def gzip_file(path_of: Callable[[Path], Path]) -> Callable[[Path], None]:
+    import gzip
+
+    return write_bytes_of(path_of, gzip.compress)
+
+
+def cpsc_original_gzip(root: Path) -> None:
+    cpsc_original(root)
+    gzip_file(lambda r: r / "A0002.mat")(root)
+
+
+def reference_cp1252(root: Path) -> None:
+    """REFERENCE.csv as a Windows editor saves it: an accented comment column in cp1252."""
+    cpsc_original(root)
+    path = root / "REFERENCE.csv"
+    table = pd.read_csv(path, dtype=str, keep_default_na=False).assign(Comment="")
+    table.loc[1, "Comment"] = "vérifié"
+    path.write_bytes(table.to_csv(index=False).encode("cp1252"))
+
+
+def conditions(fn: Callable[[str], bytes]) -> Callable[[Path], None]:
+    return write_bytes_of(lambda r: r / "ConditionNames_SNOMED-CT.csv", lambda raw: fn(raw.decode("utf-8-sig")))
+
+
+def nan_leads(n_leads: int, fraction: float) -> Callable[[np.ndarray], np.ndarray]:
+    def fn(x: np.ndarray) -> np.ndarray:
+        y = x.copy()
+        y[:n_leads, : int(fraction * x.shape[1])] = np.nan
+        return y
+
+    return fn
+
+
+def spike(x: np.ndarray) -> np.ndarray:
+    """Lead I at 40 mV for 2 s: beyond the cache's +-32.767 mV."""
+    y = x.copy()
+    y[0, :1000] = 40.0
+    return y
+
+
 # ------------------------------------------------------------------- outcomes
 
 
@@ -216,6 +337,7 @@ class Case:
     corrupt: Callable[[Path], None]
     outcome: Skip | Warn | Reads | Fails
     extra: tuple[str, ...] = field(default_factory=tuple)
+    logged: tuple[str, ...] = ()  # words of a warning the user must see in the log
 
 
 def _rate(fs: float) -> Callable[[pd.Series, np.ndarray], None]:
@@ -297,6 +419,82 @@ CASES = [
                                                            lambda root, out: ["--split-files", "train=train.csv"])),
     Case("shard_size_zero", "ptbxl", lambda r: None, Fails(("--shard-size",), False,
                                                         lambda root, out: ["--shard-size", "0"])),
+    # ---- second round (issue 30): tracebacks from one bad cell or file
+    Case("ecg_id_inf", "ptbxl", edit_csv("ptbxl_database.csv", set_cell("ecg_id", 2, "inf")),
+         Skip("inf", "bad_metadata", ("ecg_id 'inf'", "whole number"))),
+    Case("strat_fold_1e999", "ptbxl", edit_csv("ptbxl_database.csv", set_cell("strat_fold", 2, "1e999")),
+         Skip("00003", "bad_metadata", ("strat_fold '1e999'", "1..10"))),
+    Case("scp_codes_200k_minus", "ptbxl", edit_csv("ptbxl_database.csv", set_cell("scp_codes", 2, "-" * 200_000 + "1")),
+         Skip("00003", "bad_labels", ("200001 characters", "10000"))),
+    Case("baseline_400_digits", "ptbxl", signal_line_edit(set_token(2, f"1000.0({'9' * 400})/mV")),
+         Skip("00003", "bad_baseline", ("400 digits", "format 16"))),
+    Case("adc_zero_400_digits", "ptbxl", signal_line_edit(lambda t: [t[0], t[1], "1000.0/mV", t[3], "9" * 400, *t[5:]]),
+         Skip("00003", "bad_baseline", ("400 digits",))),
+    Case("cpsc_empty_struct", "cpsc2018", cpsc_original_with(
+        lambda: {"ECG": np.zeros((0, 0), dtype=[("sex", "O"), ("age", "O"), ("data", "O")])}),
+         Skip("A0002", "unreadable_mat", ("A0002.mat", "empty"))),
+    Case("cpsc_data_text", "cpsc2018", cpsc_original_with(lambda: {"ECG": {"sex": "Male", "age": 50.0, "data": "abc"}}),
+         Skip("A0002", "unreadable_mat", ("A0002.mat", "ECG.data is text"))),
+    Case("cpsc_data_cell", "cpsc2018", cpsc_original_with(_cell_data),
+         Skip("A0002", "unreadable_mat", ("A0002.mat", "cell array"))),
+    Case("conditions_utf16", "csn", conditions(lambda text: text.encode("utf-16")),
+         Reads("JS00002", lambda row, x: None), logged=("ConditionNames_SNOMED-CT.csv", "UTF-16")),
+    Case("conditions_cp1252_byte", "csn", conditions(lambda text: text.replace("Sinus", "Sinus é", 1).encode("cp1252")),
+         Reads("JS00002", lambda row, x: None), logged=("ConditionNames_SNOMED-CT.csv", "Windows-1252")),
+    Case("conditions_undecodable", "csn", conditions(lambda text: text.encode() + b"X,\x81\x8d,1\n"),
+         Fails(("ConditionNames_SNOMED-CT.csv", "is not UTF-8", "re-save it as UTF-8"))),
+    Case("reference_cp1252", "cpsc2018", reference_cp1252, Skip("A0001", "no_labels", ("REFERENCE.csv", "10")),
+         logged=("REFERENCE.csv", "Windows-1252")),
+    # ---- a hang
+    Case("fifo_header", "csn", mkfifo(lambda r: first_csn_hea(r).parent / "JS09999.hea"),
+         Skip("JS09999", "not_a_file", ("JS09999.hea", "FIFO"))),
+    Case("fifo_signal_file", "csn", mkfifo(lambda r: first_csn_hea(r).with_suffix(".mat")),
+         Skip("JS00001", "not_a_file", ("JS00001.mat", "FIFO"))),
+    # ---- wrong data accepted without a word
+    Case("names_other_records_dat", "ptbxl", name_signal_file("00004_hr.dat", ptbxl_hea),
+         Skip("00003", "wrong_signal_file", ("00004_hr.dat", "record 00004_hr"))),
+    Case("names_other_records_mat", "cpsc2018", name_signal_file("A0004.mat", lambda r: r / "A0003.hea"),
+         Skip("A0003", "wrong_signal_file", ("A0004.mat",))),
+    Case("checksum_mismatch", "ptbxl", other_file_same_samples, Skip("00003", "checksum_mismatch", ("spare.dat",))),
+    Case("dat_outside_root", "ptbxl", outside_root_copy, Skip("00003", "outside_root", ("evil.dat", "outside"))),
+    Case("etc_passwd", "ptbxl", name_signal_file("../../../../../../../../etc/passwd", ptbxl_hea),
+         Skip("00003", "outside_root", ("etc/passwd",))),
+    Case("fifteen_channels", "ptbxl", fifteen_channels, Skip("00003", "size_mismatch", ("00003_hr.dat", "30000 more"))),
+    Case("gain_zero", "ptbxl", signal_line_edit(set_token(2, "0(0)/mV")),
+         Skip("00003", "uncalibrated", ("gain 0", "uncalibrated"))),
+    Case("units_mmhg", "ptbxl", signal_line_edit(set_token(2, "1000.0(0)/mmHg")),
+         Skip("00003", "not_ecg_units", ("'mmHg'",))),
+    Case("baseline_1e9", "ptbxl", signal_line_edit(set_token(2, "1000.0(1000000000)/mV")),
+         Skip("00003", "bad_baseline", ("1000000000", "-32768..32767"))),
+    Case("eight_leads_nan_74pct", "ptbxl", edit_signal(nan_leads(8, 0.74)),
+         Warn("00003", "interpolated", ("49.3%", "--warn-interpolated-fraction"))),
+    Case("clipped_lead", "ptbxl", edit_signal(spike, gain="500/mV"),
+         Warn("00003", "clipped", ("clipped", "--warn-clipped-fraction"))),
+    Case("report_nul_and_long", "ptbxl",
+         edit_csv("ptbxl_database.csv", set_cell("report", 2, "sinus\x00 " + "x" * 5000)),
+         Warn("00003", "report_truncated", ("2000 characters",))),
+    # ---- good records lost
+    Case("header_utf8_bom", "ptbxl", write_bytes_of(ptbxl_hea, lambda raw: b"\xef\xbb\xbf" + raw),
+         Reads("00003", _rate(500.0))),
+    Case("negative_gain", "ptbxl", edit_signal(lambda x: x, gain="-1000/mV"), Reads("00003", _rate(500.0))),
+    Case("units_micro_cp1252", "ptbxl",
+         write_bytes_of(ptbxl_hea, lambda raw: raw.replace(b"1000.0(0)/mV", b"1(0)/\xb5V")),
+         Reads("00003", _rate(500.0))),
+    # ---- misleading messages
+    Case("mat_gzip", "csn", gzip_file(lambda r: first_csn_hea(r).with_suffix(".mat")),
+         Skip("JS00001", "unreadable_mat", ("gzip",))),
+    Case("mat_v73", "csn", write_bytes_of(lambda r: first_csn_hea(r).with_suffix(".mat"),
+                                          lambda raw: b"MATLAB 7.3 MAT-file".ljust(512, b" ") + b"\x89HDF" + raw[:100]),
+         Skip("JS00001", "unreadable_mat", ("v7.3",))),
+    Case("cpsc_original_gzip", "cpsc2018", cpsc_original_gzip, Skip("A0002", "unreadable_mat", ("A0002.mat", "gzip"))),
+    Case("ptbxl_code_outside_class_list", "ptbxl",
+         edit_csv("ptbxl_database.csv", set_cell("scp_codes", 2, "{'XYZ': 100.0}")),
+         Skip("00003", "no_labels", ("XYZ", "scp_statements.csv"))),
+    Case("warn_fraction_out_of_range", "ptbxl", lambda r: None,
+         Fails(("--warn-clipped-fraction must lie in [0, 1]",), False,
+               lambda root, out: ["--warn-clipped-fraction", "2"])),
+    Case("fs_1e400", "ptbxl", edit_header(lambda ls: [ls[0].replace(" 500 ", " 1e400 "), *ls[1:]]),
+         Skip("00003", "bad_header", ("'1e400'", "finite positive"))),
 ]  # fmt: skip
 
 
@@ -314,7 +512,9 @@ def _run(main: Callable[[list[str]], int], argv: list[str], capsys: pytest.Captu
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_bad_input(case: Case, twin: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_bad_input(
+    case: Case, twin: Path, tmp_path: Path, capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture
+) -> None:
     root = tmp_path / FOLDERS[case.dataset]
     shutil.copytree(twin / FOLDERS[case.dataset], root, symlinks=True)
     case.corrupt(root)
@@ -326,7 +526,10 @@ def test_bad_input(case: Case, twin: Path, tmp_path: Path, capsys: pytest.Captur
     argv = [str(root), "--format", case.dataset, "--workers", "1", "--quiet", "--max-skip-fraction", "0.5", *SHORT]
     if "--out" not in args:
         argv += ["--out", str(out)]
+    caplog.set_level("WARNING")
     code, stdout, err = _run(prepare_cli.main, argv + args, capsys)
+    for word in case.logged:
+        assert word in caplog.text, (word, caplog.text)
     target = Path(args[args.index("--out") + 1]) if "--out" in args else out
     if isinstance(outcome, Fails):
         assert code == 2, (stdout, err)
@@ -413,3 +616,55 @@ def test_bad_space(name: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> 
     assert code == 2, err
     assert err.startswith(f"error: {path}: ") and message in err, err
     assert not (tmp_path / "data").exists()  # a dry run writes nothing
+
+
+# ---------------------------------------------------------------- costs and text
+
+
+def test_a_24_hour_record_costs_what_a_10_second_one_costs(twin: Path, tmp_path: Path) -> None:
+    """A 24-hour 12-lead Holter record (1 GiB of int16, 4 GiB as float64) is read only as far as the cache keeps.
+
+    The .dat is sparse: the first 10 s of a twin record, then zeros up to the 24 hours its header claims, so the
+    test writes 120 KB. The peak of Python/numpy allocations while reading it stays that of a 10-second record.
+    """
+    import tracemalloc
+
+    from deri_sweep.data.readers import open_reader
+    from deri_sweep.data.signal import SignalOptions
+
+    src = ptbxl_hea(twin / "ptb-xl")
+    header = parse_header(src)
+    first = np.fromfile(src.with_suffix(".dat"), dtype="<i2")
+    n = 500 * 86_400
+    for name, samples in (("holter", n), ("short", 5000)):
+        with open(tmp_path / f"{name}.dat", "wb") as fh:
+            fh.write(first.tobytes())
+            fh.truncate(2 * 12 * samples)
+        lines = [f"{name} 12 500 {samples}"]
+        lines += [
+            f"{name}.dat 16 {s.gain:g}({s.baseline})/mV 16 0 {s.init_value} {s.checksum} 0 {s.lead_name}"
+            for s in header.signals
+        ]
+        (tmp_path / f"{name}.hea").write_text("\n".join(lines) + "\n")
+    assert (tmp_path / "holter.dat").stat().st_size == 2 * 12 * n
+    reader = open_reader("wfdb-dir", tmp_path, SignalOptions(fs=100, length=1000, window=1000))
+    short = reader.read("short")  # first: the lazy imports of reading (scipy.signal) are not counted below
+    tracemalloc.start()
+    try:
+        holter = reader.read("holter")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 * 2**20, f"reading the first 10 s of a 24-hour record peaked at {peak / 2**20:.0f} MiB"
+    assert holter.n_samples == n and holter.fs == 500.0
+    np.testing.assert_array_equal(holter.signal, short.signal)  # the cache's window, bit for bit
+
+
+def test_report_text_loses_control_characters_and_is_cut_with_a_count() -> None:
+    from deri_sweep.data.readers.mimic import MAX_REPORT_CHARS, clean_report_counted
+
+    text, cut = clean_report_counted(["Sinus\x00 rhythm\x1b[0m", "", "x" * 3000])
+    assert text.startswith("sinus rhythm[0m. xxx") and text.endswith("...")
+    assert not any(ord(c) < 32 or 127 <= ord(c) < 160 for c in text)
+    assert len(text) == MAX_REPORT_CHARS and cut == len("sinus rhythm[0m. ") + 3000 + 1 - (MAX_REPORT_CHARS - 3)
+    assert clean_report_counted(["Sinus rhythm", "Normal ECG"]) == ("sinus rhythm. normal ecg.", 0)

@@ -37,6 +37,16 @@ def _copy(src: Path, dst_dir: Path, name: str | None = None) -> Path:
     return target
 
 
+def _resum(hea: Path, digital: np.ndarray) -> None:
+    """Write the checksums of ``digital`` (N, L) into a format-16 header, as a tool editing the samples would."""
+    lines = hea.read_text().splitlines()
+    for i, total in enumerate(digital.astype(np.int64).sum(axis=0)):
+        tokens = lines[1 + i].split(" ")
+        tokens[6] = str(int(total) % 65536)
+        lines[1 + i] = " ".join(tokens)
+    hea.write_text("\n".join(lines) + "\n")
+
+
 def _copy_record(src_dir: Path, name: str, dst_dir: Path) -> Path:
     for path in src_dir.glob(f"{name}.*"):
         _copy(path, dst_dir)
@@ -108,6 +118,7 @@ def test_nan_runs_are_repaired_and_kept(real_ecg_dir: Path, tmp_path: Path):
     digital = np.fromfile(dat, dtype="<i2").reshape(1000, 12)
     digital[200:260, 7] = -32768  # V2 (header order = canonical for PTB-XL)
     digital.tofile(dat)
+    _resum(tmp_path / "00001_lr.hea", digital)
     rec = open_reader("wfdb-dir", tmp_path).read("00001_lr")
     assert (rec.repaired, rec.degraded) == (60, False)
     assert np.isfinite(rec.signal).all()
@@ -116,6 +127,7 @@ def test_nan_runs_are_repaired_and_kept(real_ecg_dir: Path, tmp_path: Path):
     np.testing.assert_allclose(rec.signal[0], ok, atol=1e-5)
     digital[:, 9] = -32768  # V4 entirely invalid: zeroed, record degraded
     digital.tofile(dat)
+    _resum(tmp_path / "00001_lr.hea", digital)
     rec = open_reader("wfdb-dir", tmp_path).read("00001_lr")
     assert rec.degraded and not rec.signal[9].any() and rec.repaired == 1060
 
@@ -126,6 +138,7 @@ def test_constant_lead_is_flat_lead(real_ecg_dir: Path, tmp_path: Path):
     digital = np.fromfile(dat, dtype="<i2").reshape(1000, 12)
     digital[:, 4] = 37  # aVL constant
     digital.tofile(dat)
+    _resum(tmp_path / "00001_lr.hea", digital)
     with pytest.raises(RecordError) as err:
         open_reader("wfdb-dir", tmp_path).read("00001_lr")
     assert err.value.reason == "flat_lead" and "aVL" in err.value.detail
@@ -308,9 +321,11 @@ def test_mimic_leads_by_name_reports_joined_by_study(real_ecg_dir: Path, tmp_pat
         rel = f"files/p{subject[:4]}/p{subject}/s{study}/{study}"
         folder = tmp_path / rel.rsplit("/", 1)[0]
         folder.mkdir(parents=True)
-        np.ascontiguousarray(src[mimic_order].T).astype("<i2").tofile(folder / f"{study}.dat")
+        frames = np.ascontiguousarray(src[mimic_order].T).astype("<i2")
+        frames.tofile(folder / f"{study}.dat")
+        sums = [int(total) % 65536 for total in frames.astype(np.int64).sum(axis=0)]
         lines = [f"{study} 12 500 5000 13:22:00 28/06/2180"]
-        lines += [f"{study}.dat 16 200.0(0)/mV 16 0 0 0 0 {n}" for n in names]
+        lines += [f"{study}.dat 16 200.0(0)/mV 16 0 0 {total} 0 {n}" for n, total in zip(names, sums, strict=True)]
         (folder / f"{study}.hea").write_text("\n".join([*lines, f"# {subject}: 1"]) + "\n")
         rows.append([subject, study, f"{study}.dat", "2180-06-28 13:22:00", rel])
     with (tmp_path / "record_list.csv").open("w", newline="") as f:

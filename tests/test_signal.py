@@ -87,3 +87,17 @@ def test_normalisation_modes():
     assert np.allclose(z.mean(axis=2), 0, atol=1e-5) and np.allclose(z.std(axis=2), 1, atol=1e-4)
     with pytest.raises(ValueError, match="unknown normalisation"):
         normalise(batch, "l2")
+
+
+@pytest.mark.parametrize("fs_in", [100.0, 257.0, 360.0, 500.0, 1000.0])
+def test_reading_only_the_needed_samples_gives_the_same_window_bit_for_bit(fs_in: float):
+    from deri_sweep.data.signal import source_samples_needed
+
+    options = SignalOptions(fs=500, length=5000, window=5000)
+    rng = np.random.default_rng(0)
+    whole = rng.normal(size=(12, int(fs_in * 60)))  # a 60 s record
+    need = source_samples_needed(fs_in, options)
+    assert need < whole.shape[1]
+    full, _, _ = conform(whole, list(CANONICAL_LEADS), fs_in, options, "x.hea")
+    part, _, _ = conform(whole[:, :need], list(CANONICAL_LEADS), fs_in, options, "x.hea", whole.shape[1])
+    np.testing.assert_array_equal(part, full)

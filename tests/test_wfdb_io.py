@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -33,6 +34,16 @@ def _copy_record(src_dir: Path, name: str, dst: Path) -> Path:
 def _write_header(path: Path, lines: list[str]) -> Path:
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _resum(hea: Path, digital: np.ndarray) -> None:
+    """Write the checksums of ``digital`` (N, L) into a format-16 header, as a tool editing the samples would."""
+    lines = hea.read_text().splitlines()
+    for i, total in enumerate(digital.astype(np.int64).sum(axis=0)):
+        tokens = lines[1 + i].split(" ")
+        tokens[6] = str(int(total) % 65536)
+        lines[1 + i] = " ".join(tokens)
+    _write_header(hea, lines)
 
 
 @pytest.mark.parametrize("rel", SAMPLE_HEADERS)
@@ -94,7 +105,7 @@ def test_gain_spellings_defaults_and_uv(real_ecg_dir: Path, tmp_path: Path):
         "4880/mv",
         "1000(-5)/uV",
         "",
-        "0",
+        "-1000(0)/mV",
         "500(3)",
         "1000/MV",
         "200.0(0)/mV",
@@ -102,8 +113,9 @@ def test_gain_spellings_defaults_and_uv(real_ecg_dir: Path, tmp_path: Path):
         "1000.0(0)/mV",
     ]
     lines = ["00001_lr 12 100/1000(0) 1000 10:00:00 01/01/2000"]
-    for gain, lead in zip(gains, PTBXL_LEADS, strict=True):
-        lines.append(f"00001_lr.dat 16 {gain} 16 7 0 0 0 {lead}" if gain else "00001_lr.dat 16")
+    sums = [int(row.sum()) % 65536 for row in digital]  # the header's checksums are verified
+    for gain, lead, total in zip(gains, PTBXL_LEADS, sums, strict=True):
+        lines.append(f"00001_lr.dat 16 {gain} 16 7 0 {total} 0 {lead}" if gain else "00001_lr.dat 16")
     h = parse_header(_write_header(tmp_path / "00001_lr.hea", lines))
     assert h.fs == 100.0 and h.base_time == "10:00:00"
     got = [(s.gain, s.baseline, s.units) for s in h.signals]
@@ -112,7 +124,7 @@ def test_gain_spellings_defaults_and_uv(real_ecg_dir: Path, tmp_path: Path):
     assert got[3] == (4880.0, 7, "mv")
     assert got[4] == (1000.0, -5, "uV")
     assert got[5] == (200.0, 0, "mV")  # missing gain: WFDB default 200, baseline = adc_zero (0: absent)
-    assert got[6] == (200.0, 7, "mV")  # zero gain means 200
+    assert got[6] == (-1000.0, 0, "mV")  # a negative gain: inverted polarity, legal in WFDB
     assert got[7] == (500.0, 3, "mV")
     assert got[10] == (1000.0, 7, "mV")
     assert h.signals[5].lead_name == ""
@@ -121,6 +133,9 @@ def test_gain_spellings_defaults_and_uv(real_ecg_dir: Path, tmp_path: Path):
     np.testing.assert_allclose(signal[3], (digital[3] - 7) / 4880.0)
     np.testing.assert_allclose(signal[4], (digital[4] + 5) / 1000.0 / 1000.0)  # uV -> mV
     np.testing.assert_allclose(signal[5], digital[5] / 200.0)
+    np.testing.assert_array_equal(signal[6], digital[6] / -1000.0)
+    by_wfdb, _ = wfdb.rdsamp(str(tmp_path / "00001_lr"), channels=[6])
+    np.testing.assert_array_equal(signal[6], by_wfdb[:, 0])  # read as WFDB reads it
 
 
 def test_missing_sample_count_is_inferred_from_file_size(real_ecg_dir: Path, tmp_path: Path):
@@ -195,6 +210,7 @@ def test_invalid_format16_samples_become_nan(real_ecg_dir: Path, tmp_path: Path)
     digital[100:140, 6] = -32768  # a run in V1
     digital[500, 0] = -32768
     digital.tofile(dat)
+    _resum(hea, digital)
     signal = read_signal(parse_header(hea))
     expected, _ = wfdb.rdsamp(str(tmp_path / "00001_lr"))
     assert np.isnan(signal[6, 100:140]).all() and np.isnan(signal[0, 500])
@@ -235,3 +251,100 @@ def test_an_absurd_sample_count_is_a_counted_skip_not_a_memory_error(real_ecg_di
         read_record(_write_header(hea, lines))
     assert err.value.reason == "truncated_signal"
     assert err.value.detail.endswith("has 120024 bytes, header needs 24000000000024")
+
+
+def _wrsamp(tmp_path: Path, real_ecg_dir: Path, fmt: str, name: str = "rec") -> np.ndarray:
+    expected, fields = wfdb.rdsamp(str(real_ecg_dir / "ptbxl/00001_lr"))
+    wfdb.wrsamp(
+        name,
+        fs=fields["fs"],
+        units=fields["units"],
+        sig_name=fields["sig_name"],
+        p_signal=expected,
+        fmt=[fmt] * 12,
+        adc_gain=[1000.0] * 12,
+        baseline=[0] * 12,
+        write_dir=str(tmp_path),
+    )
+    return expected
+
+
+@pytest.mark.parametrize("fmt", ["16", "212"])
+def test_only_the_samples_asked_for_are_read_and_equal_wfdbs(real_ecg_dir: Path, tmp_path: Path, fmt: str):
+    _wrsamp(tmp_path, real_ecg_dir, fmt)
+    header = parse_header(tmp_path / "rec.hea")
+    whole = read_signal(header)
+    part = read_signal(header, max_samples=300)
+    by_wfdb, _ = wfdb.rdsamp(str(tmp_path / "rec"), sampto=300)
+    assert part.shape == (12, 300)
+    np.testing.assert_array_equal(part, whole[:, :300])
+    np.testing.assert_array_equal(part, by_wfdb.T)
+
+
+@pytest.mark.parametrize("fmt", ["16", "212"])
+def test_checksums_are_verified_in_both_readers(real_ecg_dir: Path, tmp_path: Path, fmt: str):
+    _wrsamp(tmp_path, real_ecg_dir, fmt)
+    hea = tmp_path / "rec.hea"
+    lines = hea.read_text().splitlines()
+    tokens = lines[3].split(" ")  # lead III: its checksum off by one
+    tokens[6] = str(int(tokens[6]) + 1)
+    lines[3] = " ".join(tokens)
+    _write_header(hea, lines)
+    with pytest.raises(RecordError) as err:
+        read_signal(parse_header(hea))
+    assert err.value.reason == "checksum_mismatch" and "lead III" in err.value.detail
+    assert read_signal(parse_header(hea), max_samples=100).shape == (12, 100)  # a partial read cannot check it
+
+
+def test_a_file_longer_than_the_header_says_is_a_size_mismatch(real_ecg_dir: Path, tmp_path: Path):
+    _wrsamp(tmp_path, real_ecg_dir, "212")
+    dat = tmp_path / "rec.dat"
+    dat.write_bytes(dat.read_bytes() + bytes(3000))
+    with pytest.raises(RecordError) as err:
+        read_signal(parse_header(tmp_path / "rec.hea"))
+    assert err.value.reason == "size_mismatch" and "3000 more" in err.value.detail
+
+
+def test_a_folder_or_fifo_is_not_a_file(real_ecg_dir: Path, tmp_path: Path):
+    (tmp_path / "dir.hea").mkdir()
+    with pytest.raises(RecordError) as err:
+        parse_header(tmp_path / "dir.hea")
+    assert err.value.reason == "not_a_file" and "a folder" in err.value.detail
+    hea = _copy_record(real_ecg_dir / "ptbxl", "00001_lr", tmp_path)
+    (tmp_path / "00001_lr.dat").unlink()
+    os.mkfifo(tmp_path / "00001_lr.dat")
+    with pytest.raises(RecordError) as err:
+        read_signal(parse_header(hea))  # returns at once: a FIFO is never opened
+    assert err.value.reason == "not_a_file" and "FIFO" in err.value.detail
+
+
+@pytest.mark.parametrize(
+    ("units", "scale"),
+    [
+        (b"1/uV", 1.0),
+        (b"1/\xc2\xb5V", 1.0),  # MICRO SIGN in UTF-8
+        (b"1/\xb5V", 1.0),  # MICRO SIGN in cp1252, as a Windows editor saves it
+        (b"1/\xce\xbcV", 1.0),  # GREEK SMALL LETTER MU in UTF-8
+        (b"1/\xc3\x82\xc2\xb5V", 1.0),  # UTF-8 read as cp1252 and saved again
+        (b"1000000/V", 1.0),
+        (b"1000/mv", 1.0),
+        (b"-1000/mV", -1.0),  # inverted polarity
+    ],
+)
+def test_voltage_units_in_any_spelling_are_millivolts(real_ecg_dir: Path, tmp_path: Path, units: bytes, scale: float):
+    hea = _copy_record(real_ecg_dir / "ptbxl", "00001_lr", tmp_path)
+    expected, _ = wfdb.rdsamp(str(real_ecg_dir / "ptbxl/00001_lr"))
+    hea.write_bytes(hea.read_bytes().replace(b"1000.0(0)/mV", units.replace(b"/", b"(0)/", 1)))
+    np.testing.assert_allclose(read_signal(parse_header(hea)), scale * expected.T, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("gain", "reason"),
+    [("1000.0(0)/mmHg", "not_ecg_units"), ("0(0)/mV", "uncalibrated"), ("1000.0(40000)/mV", "bad_baseline")],
+)
+def test_numbers_that_give_no_millivolts_are_named_skips(real_ecg_dir: Path, tmp_path: Path, gain: str, reason: str):
+    hea = _copy_record(real_ecg_dir / "ptbxl", "00001_lr", tmp_path)
+    hea.write_text(hea.read_text().replace("1000.0(0)/mV", gain, 1))  # lead I only
+    with pytest.raises(RecordError) as err:
+        read_signal(parse_header(hea))
+    assert err.value.reason == reason and "lead I" in err.value.detail

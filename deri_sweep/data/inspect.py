@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from deri_sweep.data.parallel import map_chunks
+from deri_sweep.data.prepare import clipped_samples, quality_warnings
 from deri_sweep.data.readers import READERS, DatasetError, Reader, open_reader
+from deri_sweep.data.readers.base import read_checked
 from deri_sweep.data.record import RecordError
 
 log = logging.getLogger(__name__)
@@ -29,12 +31,13 @@ def inspect_chunk(reader: Reader, keys: list[str], number: int) -> list[dict[str
 
     Returns:
         One dict per record: ``id``, ``ok``, ``reason``, ``detail``, ``labels``,
-        ``fs``, ``seconds``, ``repaired``, ``degraded``, ``warnings`` (``[reason, detail]`` pairs).
+        ``fs``, ``seconds``, ``repaired``, ``degraded``, ``warnings`` (``[reason, detail]`` pairs,
+        ``clipped`` and ``interpolated`` at prepare's default thresholds included).
     """
     out = []
     for key in keys:
         try:
-            rec = reader.read(key)
+            rec = read_checked(reader, key)
         except RecordError as exc:
             out.append({"id": key, "ok": False, "reason": exc.reason, "detail": exc.detail, "labels": {}})
             continue
@@ -49,7 +52,9 @@ def inspect_chunk(reader: Reader, keys: list[str], number: int) -> list[dict[str
                 "seconds": round(rec.n_samples / rec.fs, 3),
                 "repaired": int(rec.repaired),
                 "degraded": bool(rec.degraded),
-                "warnings": [list(w) for w in rec.warnings],
+                "warnings": [
+                    list(w) for w in quality_warnings(rec, key, clipped_samples(rec.signal), reader.options.window)
+                ],
             }
         )
     return out
@@ -135,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         report = inspect_root(args.root, args.format, workers=args.workers, progress=not args.json)
-    except DatasetError as exc:
+    except (DatasetError, ValueError) as exc:  # ValueError: an option out of range, as in prepare
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(report) if args.json else format_summary(report))

@@ -42,7 +42,8 @@ from deri_sweep.common.storage import (
 from deri_sweep.data.cache import CACHE_VERSION, GAIN_PER_MV, CacheError, label_column
 from deri_sweep.data.parallel import map_chunks
 from deri_sweep.data.readers import Reader, open_reader
-from deri_sweep.data.record import RecordError
+from deri_sweep.data.readers.base import read_checked
+from deri_sweep.data.record import Record, RecordError
 from deri_sweep.data.signal import SignalOptions
 from deri_sweep.data.splits import default_split, normalise_id, read_split_files
 
@@ -53,13 +54,18 @@ log = logging.getLogger(__name__)
 FILTER_REASONS = frozenset({"short_report", "no_report", "no_labels", "not_in_split_files"})
 
 
+#: Default thresholds of the ``clipped`` and ``interpolated`` warnings (fractions of a record's samples).
+WARN_CLIPPED_FRACTION = 0.001
+WARN_INTERPOLATED_FRACTION = 0.05
+
+
 class TooManySkipped(RuntimeError):
     """More unreadable records than allowed; the message summarises the reasons."""
 
 
 @dataclasses.dataclass(frozen=True)
 class PrepareOptions:
-    """Settings of one cache build (all but the last three go into the fingerprint).
+    """Settings of one cache build (all but workers, max_skip_fraction and progress go into the fingerprint).
 
     Attributes:
         fmt: reader format (``mimic``, ``ptbxl``, ``cpsc2018``, ``csn``, ``wfdb-dir``).
@@ -73,6 +79,12 @@ class PrepareOptions:
         workers: parallel reader processes.
         max_skip_fraction: stop when more than this fraction of records is unreadable.
         progress: show a progress bar.
+        warn_clipped_fraction: a kept record with more than this fraction of its
+            cached samples clipped to the int16 range is named in ``warnings.csv``.
+        warn_interpolated_fraction: a kept record with more than this fraction
+            of the read samples of its live leads interpolated (NaN/inf) is named
+            in ``warnings.csv``. Both go into the fingerprint only when not the
+            default, so caches built before they existed stay valid.
     """
 
     fmt: str
@@ -86,6 +98,8 @@ class PrepareOptions:
     workers: int = 1
     max_skip_fraction: float = 0.05
     progress: bool = True
+    warn_clipped_fraction: float = WARN_CLIPPED_FRACTION
+    warn_interpolated_fraction: float = WARN_INTERPOLATED_FRACTION
 
     def __post_init__(self) -> None:
         problems = []
@@ -95,6 +109,12 @@ class PrepareOptions:
             problems.append(f"--workers must be >= 1, got {self.workers}")
         if self.limit < 0:
             problems.append(f"--limit must be >= 0 (0: all records), got {self.limit}")
+        for flag, value in (
+            ("--warn-clipped-fraction", self.warn_clipped_fraction),
+            ("--warn-interpolated-fraction", self.warn_interpolated_fraction),
+        ):
+            if not 0.0 <= value <= 1.0:
+                problems.append(f"{flag} must lie in [0, 1], got {value}")
         if not 0.0 <= self.max_skip_fraction <= 1.0:
             problems.append(f"--max-skip-fraction must lie in [0, 1], got {self.max_skip_fraction}")
         for name, path in self.split_files:
@@ -119,8 +139,18 @@ def _fingerprint(root: Path, opts: PrepareOptions) -> dict[str, Any]:
             "split_id_column": opts.split_id_column if opts.split_files else None,
             "split_task": opts.split_task if opts.split_files else None,
             "limit": opts.limit,
+            **_warn_settings(opts),
         }
     )
+
+
+def _warn_settings(opts: PrepareOptions) -> dict[str, Any]:
+    """The warning thresholds that differ from the defaults (those change warnings.csv, so the cache)."""
+    warn = {
+        "warn_clipped_fraction": (opts.warn_clipped_fraction, WARN_CLIPPED_FRACTION),
+        "warn_interpolated_fraction": (opts.warn_interpolated_fraction, WARN_INTERPOLATED_FRACTION),
+    }
+    return {name: value for name, (value, default) in warn.items() if value != default}
 
 
 def _as_json(value: dict[str, Any]) -> dict[str, Any]:
@@ -128,7 +158,63 @@ def _as_json(value: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(value))
 
 
-def build_shard(reader: Reader, keys: list[str], number: int, *, shard_dir: Path) -> tuple[int, int, Counter]:
+def clipped_samples(signal: np.ndarray) -> int:
+    """Samples of a (12, N) mV signal that the int16 cache clips (beyond +-32767 / GAIN_PER_MV mV)."""
+    return int((np.abs(np.rint(signal * GAIN_PER_MV)) > 32767).sum())
+
+
+def quality_warnings(
+    rec: Record,
+    key: str,
+    clipped: int,
+    window: int,
+    warn_clipped: float = WARN_CLIPPED_FRACTION,
+    warn_interpolated: float = WARN_INTERPOLATED_FRACTION,
+) -> list[tuple[str, str]]:
+    """The record's own warnings plus ``clipped`` and ``interpolated`` above their thresholds.
+
+    Args:
+        rec: the record as read.
+        key: its key, for the message.
+        clipped: samples the cache clips (:func:`clipped_samples`).
+        window: samples kept per lead (``SignalOptions.window``).
+        warn_clipped: fraction of the kept samples above which clipping is named.
+        warn_interpolated: fraction of the live leads' read samples above which interpolation is named.
+
+    Returns:
+        ``(reason, detail)`` pairs for ``warnings.csv``.
+    """
+    warnings = list(rec.warnings)
+    kept = rec.signal.shape[0] * min(window, rec.signal.shape[1])
+    if kept and clipped > warn_clipped * kept:
+        warnings.append(
+            (
+                "clipped",
+                f"record {key}: {clipped} of {kept} cached samples ({clipped / kept:.1%}) lie outside "
+                f"+-{32767 / GAIN_PER_MV:g} mV and are clipped (limit {warn_clipped:.1%}, "
+                "--warn-clipped-fraction); a wrong gain or baseline in the header?",
+            )
+        )
+    if rec.interpolated_fraction > warn_interpolated:
+        warnings.append(
+            (
+                "interpolated",
+                f"record {key}: {rec.interpolated_fraction:.1%} of the samples of its live leads are NaN/inf "
+                f"and were interpolated (limit {warn_interpolated:.1%}, --warn-interpolated-fraction)",
+            )
+        )
+    return warnings
+
+
+def build_shard(
+    reader: Reader,
+    keys: list[str],
+    number: int,
+    *,
+    shard_dir: Path,
+    warn_clipped: float = WARN_CLIPPED_FRACTION,
+    warn_interpolated: float = WARN_INTERPOLATED_FRACTION,
+) -> tuple[int, int, Counter]:
     """Read ``keys`` and write shard ``number`` (signals, record table, skips).
 
     Args:
@@ -136,6 +222,8 @@ def build_shard(reader: Reader, keys: list[str], number: int, *, shard_dir: Path
         keys: record keys of this shard.
         number: shard number.
         shard_dir: the cache's ``shards/`` directory.
+        warn_clipped: warn about a record with more than this fraction of its window clipped.
+        warn_interpolated: warn about a record with more than this fraction of its live samples interpolated.
 
     Returns:
         ``(records kept, records skipped, skip reasons)``.
@@ -143,13 +231,14 @@ def build_shard(reader: Reader, keys: list[str], number: int, *, shard_dir: Path
     signals, rows, skips = [], [], []
     for key in keys:
         try:
-            rec = reader.read(key)
+            rec = read_checked(reader, key)
         except RecordError as exc:
             skips.append({"record_id": key, "reason": exc.reason, "detail": exc.detail})
             continue
         scaled = np.rint(rec.signal * GAIN_PER_MV)
         clipped = int((np.abs(scaled) > 32767).sum())
         signals.append(np.clip(scaled, -32767, 32767).astype(np.int16))
+        warnings = quality_warnings(rec, key, clipped, reader.options.window, warn_clipped, warn_interpolated)
         rows.append(
             {
                 "key": key,
@@ -164,7 +253,7 @@ def build_shard(reader: Reader, keys: list[str], number: int, *, shard_dir: Path
                 "degraded": bool(rec.degraded),
                 "clipped": clipped,
                 "meta": json.dumps(rec.meta, default=str),
-                "warnings": json.dumps([list(w) for w in rec.warnings]),
+                "warnings": json.dumps([list(w) for w in warnings]),
             }
         )
     length = reader.options.length
@@ -410,7 +499,12 @@ def _build(reader: Reader, root: Path, out: Path, opts: PrepareOptions, fingerpr
     if done_records:
         log.info("%s: resuming, %d of %d shards already built", out, len(chunks) - len(todo), len(chunks))
     work = {n: chunks[n] for n in todo}
-    build = functools.partial(build_shard, shard_dir=shard_dir)
+    build = functools.partial(
+        build_shard,
+        shard_dir=shard_dir,
+        warn_clipped=opts.warn_clipped_fraction,
+        warn_interpolated=opts.warn_interpolated_fraction,
+    )
     progress = {"total": len(keys), "initial": done_records, "desc": f"prepare {opts.fmt}"}
     for _ in map_chunks(reader, work, build, workers=opts.workers, progress=opts.progress, **progress):
         pass
@@ -497,6 +591,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--max-skip-fraction", type=float, default=0.05, help="stop if more records than this are unreadable"
     )
+    parser.add_argument(
+        "--warn-clipped-fraction",
+        type=float,
+        default=WARN_CLIPPED_FRACTION,
+        help="name a kept record in warnings.csv when more than this fraction of its samples is clipped",
+    )
+    parser.add_argument(
+        "--warn-interpolated-fraction",
+        type=float,
+        default=WARN_INTERPOLATED_FRACTION,
+        help="name a kept record in warnings.csv when more than this fraction of its live samples is interpolated",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the random 7:1:2 / 2%%-of-subjects splits")
     parser.add_argument(
         "--split-files", nargs="+", type=_split_arg, default=[], metavar="SPLIT=CSV", help="user split files"
@@ -532,6 +638,8 @@ def main(argv: list[str] | None = None) -> int:
             args.workers,
             args.max_skip_fraction,
             not args.quiet,
+            args.warn_clipped_fraction,
+            args.warn_interpolated_fraction,
         )
         info = prepare(args.root, args.out, opts, overwrite=args.overwrite)
     except (DatasetError, CacheError, TooManySkipped, StorageError, ValueError) as exc:

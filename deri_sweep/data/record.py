@@ -9,6 +9,7 @@ reason (e.g. ``"bad_header"``) so that callers can skip, count and report it.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +51,28 @@ def canonical_lead(name: str) -> str | None:
     return _LEAD_ALIASES.get(name.strip().upper())
 
 
+#: Longest skip or warning detail kept (a hostile header line could be a megabyte long).
+MAX_DETAIL_CHARS = 2000
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def clean_text(text: str, max_chars: int) -> tuple[str, int]:
+    """Remove control characters (NUL, escape, C1 ...) and cut to ``max_chars``.
+
+    Args:
+        text: any text, e.g. a report or a message quoting a header line.
+        max_chars: the longest result.
+
+    Returns:
+        ``(text, characters cut)``; a cut text ends with ``"..."`` (within ``max_chars``).
+    """
+    text = _CONTROL.sub("", text)
+    if len(text) <= max_chars:
+        return text, 0
+    kept = max(max_chars - 3, 0)
+    return text[:kept] + "..."[: max_chars - kept], len(text) - kept
+
+
 class RecordError(Exception):
     """A record that cannot be used.
 
@@ -57,11 +80,17 @@ class RecordError(Exception):
         reason: short snake_case category used to count skips, e.g.
             ``"bad_header"``, ``"missing_file"``, ``"truncated_signal"``,
             ``"missing_leads"``, ``"flat_lead"``, ``"nonfinite"``,
-            ``"short_report"``, ``"no_labels"``, ``"unreadable_mat"``.
-        detail: human-readable explanation naming the file and what is wrong.
+            ``"short_report"``, ``"no_labels"``, ``"unreadable_mat"``; a signal file
+            that is not the header's: ``"not_a_file"``, ``"outside_root"``,
+            ``"wrong_signal_file"``, ``"size_mismatch"``, ``"checksum_mismatch"``;
+            numbers that give no millivolts: ``"not_ecg_units"``, ``"uncalibrated"``,
+            ``"bad_baseline"``; ``"read_failed"`` for an exception nobody foresaw.
+        detail: human-readable explanation naming the file and what is wrong
+            (control characters removed, at most :data:`MAX_DETAIL_CHARS` characters).
     """
 
     def __init__(self, reason: str, detail: str) -> None:
+        detail = clean_text(detail, MAX_DETAIL_CHARS)[0]
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
@@ -88,6 +117,8 @@ class Record:
             ``unmapped_codes`` ...), JSON-serialisable values only.
         warnings: ``(reason, detail)`` pairs of a record that is kept but not
             clean (e.g. ``dead_leads``); ``prepare`` lists them in ``warnings.csv``.
+        interpolated_fraction: share of the read samples of the live leads that
+            were interpolated (non-finite); ``prepare`` warns above a threshold.
     """
 
     record_id: str
@@ -101,3 +132,4 @@ class Record:
     degraded: bool = False
     meta: dict[str, Any] = field(default_factory=dict)
     warnings: tuple[tuple[str, str], ...] = ()
+    interpolated_fraction: float = 0.0

@@ -15,6 +15,7 @@ read for training, not here, so that caches store physical units.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Literal
@@ -155,6 +156,31 @@ def resample(signal: np.ndarray, fs_in: float, fs_out: float) -> np.ndarray:
     return resample_poly(signal, ratio.numerator, ratio.denominator, axis=-1)
 
 
+def source_samples_needed(fs_in: float, options: SignalOptions) -> int:
+    """Source samples that decide the kept output exactly: the window plus the resampling filter's reach.
+
+    ``resample_poly``'s output sample ``k`` depends only on the input samples
+    within its filter's half-length around ``k * fs_in / fs_out``, so reading
+    this many samples from the start gives the same first ``window`` output
+    samples, bit for bit, as resampling the whole record.
+
+    Args:
+        fs_in: source rate in Hz.
+        options: target rate and window.
+
+    Returns:
+        Samples per lead to read from the start of the source.
+    """
+    if fs_in == options.fs:
+        return options.window
+    ratio = Fraction(options.fs / fs_in).limit_denominator(1000)
+    up, down = ratio.numerator, ratio.denominator
+    if up == 0:  # an absurd rate (1e300 Hz): conform refuses it (--source-fs-range); read no more than the window
+        return options.window
+    reach = 10 * max(up, down) // up + 2  # resample_poly's default filter: 10 zero crossings per side
+    return math.ceil(options.window * down / up) + reach
+
+
 def fit_length(signal: np.ndarray, window: int, length: int) -> np.ndarray:
     """Keep the first ``window`` samples and zero-pad at the end to ``length``.
 
@@ -173,7 +199,12 @@ def fit_length(signal: np.ndarray, window: int, length: int) -> np.ndarray:
 
 
 def conform(
-    signal: np.ndarray, lead_names: list[str], fs: float, options: SignalOptions, source: str
+    signal: np.ndarray,
+    lead_names: list[str],
+    fs: float,
+    options: SignalOptions,
+    source: str,
+    total_samples: int | None = None,
 ) -> tuple[np.ndarray, int, tuple[str, ...]]:
     """Run the whole conditioning pipeline on one raw record, with its plausibility checks.
 
@@ -183,6 +214,9 @@ def conform(
         fs: sampling rate of ``signal`` in Hz.
         options: target rate, length, policies and plausibility limits.
         source: file name used in error messages.
+        total_samples: length of the whole source record when ``signal`` holds
+            only its start (see :func:`source_samples_needed`); the minimum
+            duration is checked on it. ``None``: ``signal`` is the whole record.
 
     Returns:
         ``(signal (12, options.length) float32, repaired samples, dead leads)``;
@@ -203,11 +237,12 @@ def conform(
             "implausible_rate",
             f"{source}: sampling rate {fs:g} Hz is outside {low:g}-{high:g} Hz (a typo in the header?)",
         )
-    seconds = x.shape[1] / fs
+    n_total = x.shape[1] if total_samples is None else max(total_samples, x.shape[1])
+    seconds = n_total / fs
     if seconds < options.min_seconds:
         raise RecordError(
             "too_short",
-            f"{source}: {x.shape[1]} samples at {fs:g} Hz = {seconds:.1f} s, shorter than the minimum "
+            f"{source}: {n_total} samples at {fs:g} Hz = {seconds:.1f} s, shorter than the minimum "
             f"{options.min_seconds:g} s (--min-seconds)",
         )
     x, n_bad, dead = repair_nonfinite(x)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar
@@ -16,8 +17,8 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 
-from deri_sweep.data.record import Record, RecordError
-from deri_sweep.data.signal import SignalOptions, conform
+from deri_sweep.data.record import CANONICAL_LEADS, Record, RecordError
+from deri_sweep.data.signal import SignalOptions, conform, source_samples_needed
 from deri_sweep.data.wfdb_io import Header, parse_header, read_signal
 
 log = logging.getLogger(__name__)
@@ -94,6 +95,10 @@ class Reader(ABC):
         path = self.root / name
         if not path.exists():
             raise DatasetError(f"{self.root}: no {name} here, so this is not a {self.format} root; {fix}")
+        if name.endswith(".csv") and not path.is_file():  # a FIFO would block the read forever
+            raise DatasetError(
+                f"{path}: is not a regular file (a folder, FIFO or device); replace it by the released file"
+            )
         return path
 
     def __len__(self) -> int:
@@ -101,6 +106,62 @@ class Reader(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(root={str(self.root)!r}, options={self.options!r})"
+
+
+def read_text_file(path: Path, what: str) -> str:
+    """Decode a small per-dataset text file (a class list, REFERENCE.csv), naming any encoding problem.
+
+    UTF-8 is expected (a UTF-8 BOM is dropped). A UTF-16 file with a BOM (as
+    Excel's "Unicode text" writes) is read as UTF-16, and a file that is not
+    UTF-8 but decodes as Windows-1252 (a Windows editor's "ANSI") is read as
+    that, each with a warning saying so.
+
+    Args:
+        path: the file.
+        what: the release it belongs to, for the message.
+
+    Returns:
+        The text.
+
+    Raises:
+        DatasetError: the file cannot be read or decoded; the message names the
+            file, the problem and the fix (re-save it as UTF-8).
+    """
+    if not path.is_file():
+        raise DatasetError(f"{path}: is not a regular file (a folder, FIFO or device); replace it by the released file")
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    fix = f"re-save it as UTF-8 or download it again from the {what} release"
+    if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        try:
+            text = raw.decode("utf-16")
+        except UnicodeDecodeError as exc:
+            raise DatasetError(
+                f"{path}: starts with a UTF-16 byte-order mark but is not UTF-16 ({exc.reason}); {fix}"
+            ) from None
+        log.warning("%s: read as UTF-16 (it has a UTF-16 byte-order mark); %s to silence this", path, fix)
+        return text
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        if b"\x00" in raw:
+            raise DatasetError(
+                f"{path}: byte {exc.start} is not UTF-8 and the file holds NUL bytes (UTF-16 without a "
+                f"byte-order mark?); {fix}"
+            ) from None
+        try:
+            text = raw.decode("cp1252")
+        except UnicodeDecodeError:
+            raise DatasetError(f"{path}: byte {exc.start} is not UTF-8 ({exc.reason}); {fix}") from None
+        log.warning(
+            "%s: byte %d is not UTF-8; the file is read as Windows-1252 (cp1252) instead; %s to silence this",
+            path,
+            exc.start,
+            fix,
+        )
+        return text
 
 
 def read_table(path: Path, what: str, **kwargs: Any) -> pd.DataFrame:
@@ -204,12 +265,16 @@ def conform_record(
         options: target rate, length and policies.
         source: file name used in error messages.
         record_id: the dataset's own id.
-        **fields: further :class:`Record` fields (labels, report, subject_id, meta).
+        **fields: further :class:`Record` fields (labels, report, subject_id, meta); ``total_samples``
+            is the whole source length when ``signal`` holds only its start.
 
     Returns:
         The record, signal (12, options.length) float32.
     """
-    x, repaired, dead_leads = conform(signal, lead_names, fs, options, source)
+    total = fields.pop("total_samples", None)
+    x, repaired, dead_leads = conform(signal, lead_names, fs, options, source, total)
+    interpolated = repaired - len(dead_leads) * signal.shape[1]
+    live = (len(CANONICAL_LEADS) - len(dead_leads)) * signal.shape[1]
     if repaired:
         log.debug("%s: repaired %d non-finite samples (dead leads %s)", source, repaired, dead_leads)
     warnings = (
@@ -221,15 +286,16 @@ def conform_record(
         record_id=record_id,
         signal=x,
         fs=float(fs),
-        n_samples=int(signal.shape[1]),
+        n_samples=int(signal.shape[1] if total is None else max(total, signal.shape[1])),
         repaired=repaired,
         degraded=bool(dead_leads),
         warnings=warnings,
+        interpolated_fraction=interpolated / live if live else 0.0,
         **fields,
     )
 
 
-def read_wfdb(path: Path, options: SignalOptions, record_id: str, **fields: Any) -> Record:
+def read_wfdb(path: Path, options: SignalOptions, record_id: str, *, root: Path, **fields: Any) -> Record:
     """Read a WFDB record (header + signal) into a conformed :class:`Record`.
 
     Age and sex from the header's comments are added to ``meta`` unless
@@ -239,21 +305,58 @@ def read_wfdb(path: Path, options: SignalOptions, record_id: str, **fields: Any)
         path: the ``.hea`` file.
         options: target rate, length and policies.
         record_id: the dataset's own id.
+        root: the dataset root, which every signal file must lie in.
         **fields: further :class:`Record` fields.
 
     Returns:
         The record, signal (12, options.length) float32.
     """
+    inside, top = os.path.normpath(os.path.abspath(path)), os.path.normpath(os.path.abspath(root))
+    if os.path.commonpath([inside, top]) != top:  # the path comes from a metadata cell
+        raise RecordError(
+            "outside_root",
+            f"{path}: the record's header lies outside the dataset root {root}; fix the metadata's record path",
+        )
     header = parse_header(path)
-    return record_from_header(header, options, record_id, **fields)
+    return record_from_header(header, options, record_id, root=root, **fields)
 
 
-def record_from_header(header: Header, options: SignalOptions, record_id: str, **fields: Any) -> Record:
-    """Like :func:`read_wfdb` for an already parsed header."""
-    signal = read_signal(header)
+def record_from_header(header: Header, options: SignalOptions, record_id: str, *, root: Path, **fields: Any) -> Record:
+    """Like :func:`read_wfdb` for an already parsed header.
+
+    Only the samples that decide the cached window are read
+    (:func:`~deri_sweep.data.signal.source_samples_needed`).
+    """
+    signal = read_signal(header, root=root, max_samples=source_samples_needed(header.fs, options))
     meta = {**header_meta(header), **fields.pop("meta", {})}
     source = str(header.path)
-    return conform_record(signal, header.lead_names, header.fs, options, source, record_id, meta=meta, **fields)
+    return conform_record(
+        signal, header.lead_names, header.fs, options, source, record_id, meta=meta, total_samples=header.n_samples,
+        **fields,
+    )  # fmt: skip
+
+
+def read_checked(reader: Reader, key: str) -> Record:
+    """``reader.read(key)``, with any unforeseen exception turned into a named skip of that record.
+
+    A reader names every failure it knows as a :class:`RecordError`; anything
+    else one bad record raises (a bug, or a corruption nobody foresaw) must not
+    stop a build of thousands of records either.
+
+    Raises:
+        RecordError: the reader's own, or ``read_failed`` naming the exception.
+    """
+    try:
+        return reader.read(key)
+    except RecordError:
+        raise
+    except Exception as exc:  # the safety net of one record
+        log.debug("%s: record %s raised", reader.root, key, exc_info=True)
+        raise RecordError(
+            "read_failed",
+            f"{reader.root}: record {key}: unexpected {type(exc).__name__} ({exc}); the record is skipped, "
+            "please report this with the file",
+        ) from None
 
 
 def unknown_key(reader: Reader, key: str) -> KeyError:
@@ -270,7 +373,9 @@ __all__ = [
     "header_meta",
     "parse_age",
     "parse_sex",
+    "read_checked",
     "read_table",
+    "read_text_file",
     "read_wfdb",
     "record_from_header",
     "split_codes",

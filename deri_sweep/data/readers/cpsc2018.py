@@ -11,6 +11,7 @@ Codes outside the nine classes go to ``meta["unmapped_codes"]``.
 from __future__ import annotations
 
 import csv
+import io
 import logging
 from pathlib import Path
 
@@ -23,13 +24,14 @@ from deri_sweep.data.readers.base import (
     conform_record,
     parse_age,
     parse_sex,
+    read_text_file,
     record_from_header,
     split_codes,
     unknown_key,
 )
 from deri_sweep.data.record import CANONICAL_LEADS, Record, RecordError
 from deri_sweep.data.signal import SignalOptions
-from deri_sweep.data.wfdb_io import parse_header
+from deri_sweep.data.wfdb_io import parse_header, regular_file
 
 log = logging.getLogger(__name__)
 
@@ -104,18 +106,18 @@ class Cpsc2018Reader(Reader):
         labels: dict[str, tuple[str, ...]] = {}
         self._reference_unmapped: dict[str, tuple[list[str], str]] = {}
         for path in sorted(self.root.rglob("REFERENCE.csv")):
-            with path.open(newline="", encoding="utf-8-sig") as f:
-                for row in csv.DictReader(f):
-                    name = (row.get("Recording") or "").strip()
-                    if not name:
-                        continue
-                    codes = [(row.get(c) or "").strip() for c in ("First_label", "Second_label", "Third_label")]
-                    codes = [c.split(".")[0] for c in codes if c]
-                    found = {REFERENCE_CODES[c] for c in codes if c in REFERENCE_CODES}
-                    labels[name] = tuple(c for c in CLASSES if c in found)
-                    unmapped = [c for c in codes if c not in REFERENCE_CODES]
-                    if unmapped:
-                        self._reference_unmapped[name] = (unmapped, str(path))
+            text = read_text_file(path, "CPSC2018")  # UTF-8 (BOM or not); UTF-16 / cp1252 with a warning
+            for row in csv.DictReader(io.StringIO(text, newline="")):
+                name = (row.get("Recording") or "").strip()
+                if not name:
+                    continue
+                codes = [(row.get(c) or "").strip() for c in ("First_label", "Second_label", "Third_label")]
+                codes = [c.split(".")[0] for c in codes if c]
+                found = {REFERENCE_CODES[c] for c in codes if c in REFERENCE_CODES}
+                labels[name] = tuple(c for c in CLASSES if c in found)
+                unmapped = [c[:40] for c in codes if c not in REFERENCE_CODES]
+                if unmapped:
+                    self._reference_unmapped[name] = (unmapped, str(path))
         return labels
 
     @property
@@ -151,20 +153,37 @@ class Cpsc2018Reader(Reader):
         found = {map_code(c) for c in codes} - {None}
         meta = {"release": "wfdb", "unmapped_codes": [c for c in codes if map_code(c) is None]}
         labels = {"cpsc2018": tuple(c for c in CLASSES if c in found)}
-        return record_from_header(header, self.options, key, labels=labels, meta=meta)
+        return record_from_header(header, self.options, key, root=self.root, labels=labels, meta=meta)
 
     def _read_original(self, key: str, path: Path) -> Record:
+        regular_file(path, "MATLAB file")  # a FIFO would block loadmat forever
+        with open(path, "rb") as fh:
+            head = fh.read(16)
+        if head[:2] == b"\x1f\x8b":
+            raise RecordError("unreadable_mat", f"{path}: is gzip-compressed; decompress it (gunzip) and try again")
+        if head[:4] == b"\x89HDF":
+            raise RecordError("unreadable_mat", f"{path}: is a MATLAB v7.3 (HDF5) file; re-save it with save -v7")
         try:
             mat = scipy.io.loadmat(path)
         except FileNotFoundError:
             raise RecordError("missing_file", f"{path}: file not found") from None
+        except NotImplementedError:  # scipy's answer to a v7.3 file without the HDF5 signature first
+            raise RecordError(
+                "unreadable_mat", f"{path}: is a MATLAB v7.3 (HDF5) file; re-save it with save -v7"
+            ) from None
         except Exception as exc:  # scipy raises ValueError, TypeError, OSError ... for a damaged file
             raise RecordError("unreadable_mat", f"{path}: scipy.io.loadmat failed ({exc})") from None
         ecg = mat.get("ECG")
         if not isinstance(ecg, np.ndarray) or ecg.dtype.names is None or "data" not in ecg.dtype.names:
             raise RecordError("unreadable_mat", f"{path}: no MATLAB struct 'ECG' with a 'data' field")
+        if ecg.size == 0:
+            raise RecordError("unreadable_mat", f"{path}: the MATLAB struct 'ECG' is empty (0 elements)")
         entry = ecg.ravel()[0]
-        data = np.asarray(entry["data"], dtype=np.float64)
+        raw = np.asarray(entry["data"])
+        if raw.dtype.kind not in "iuf":
+            kind = {"U": "text", "S": "text", "O": "a cell array or struct"}.get(raw.dtype.kind, f"dtype {raw.dtype}")
+            raise RecordError("unreadable_mat", f"{path}: ECG.data is {kind}, expected a 12xN numeric matrix (mV)")
+        data = raw.astype(np.float64)
         if data.ndim != 2 or data.shape[0] != len(CANONICAL_LEADS):
             raise RecordError("unreadable_mat", f"{path}: ECG.data has shape {data.shape}, expected (12, N)")
         names = entry.dtype.names

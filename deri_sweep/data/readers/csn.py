@@ -11,10 +11,18 @@ acronym that carries it in file order, so one diagnosis yields one label.
 from __future__ import annotations
 
 import csv
+import io
 import logging
 from pathlib import Path
 
-from deri_sweep.data.readers.base import DatasetError, Reader, record_from_header, split_codes, unknown_key
+from deri_sweep.data.readers.base import (
+    DatasetError,
+    Reader,
+    read_text_file,
+    record_from_header,
+    split_codes,
+    unknown_key,
+)
 from deri_sweep.data.record import Record
 from deri_sweep.data.signal import SignalOptions
 from deri_sweep.data.wfdb_io import parse_header
@@ -39,22 +47,23 @@ def load_conditions(path: Path) -> list[tuple[str, str, str]]:
         ``(acronym, full name, snomed code)`` rows in file order.
 
     Raises:
-        DatasetError: when the acronym, name or code column is missing.
+        DatasetError: when the acronym, name or code column is missing, or the
+            file cannot be decoded (see :func:`~deri_sweep.data.readers.base.read_text_file`).
     """
-    with path.open(newline="", encoding="utf-8-sig") as f:
-        reader = csv.reader(f)
-        header = [_column_key(h) for h in next(reader, [])]
-        try:
-            i_acr, i_name, i_code = header.index("acronymname"), header.index("fullname"), header.index("snomedct")
-        except ValueError:
-            raise DatasetError(
-                f"{path}: expected columns 'Acronym Name,Full Name,Snomed_CT' (or 'AcronymName,FullName,Snomed_CT'), "
-                f"found {header}"
-            ) from None
-        rows = []
-        for row in reader:
-            if len(row) > max(i_acr, i_name, i_code) and row[i_acr].strip():
-                rows.append((row[i_acr].strip(), row[i_name].strip(), row[i_code].strip()))
+    text = read_text_file(path, "ecg-arrhythmia v1.0.0")  # UTF-8 (BOM or not); UTF-16 / cp1252 with a warning
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header = [_column_key(h) for h in next(reader, [])]
+    try:
+        i_acr, i_name, i_code = header.index("acronymname"), header.index("fullname"), header.index("snomedct")
+    except ValueError:
+        raise DatasetError(
+            f"{path}: expected columns 'Acronym Name,Full Name,Snomed_CT' (or 'AcronymName,FullName,Snomed_CT'), "
+            f"found {header[:10]}"
+        ) from None
+    rows = []
+    for row in reader:
+        if len(row) > max(i_acr, i_name, i_code) and row[i_acr].strip():
+            rows.append((row[i_acr].strip(), row[i_name].strip(), row[i_code].strip()))
     return rows
 
 
@@ -115,4 +124,4 @@ class CsnReader(Reader):
         found = {self.code_to_acronym[c] for c in codes if c in self.code_to_acronym}
         labels = {"csn": tuple(c for c in self._classes if c in found)}
         meta = {"unmapped_codes": [c for c in codes if c not in self.code_to_acronym]}
-        return record_from_header(header, self.options, key, labels=labels, meta=meta)
+        return record_from_header(header, self.options, key, root=self.root, labels=labels, meta=meta)

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 from deri_sweep.data.readers.base import DatasetError, Reader, duplicate_rows, read_table, read_wfdb, unknown_key
-from deri_sweep.data.record import Record, RecordError
+from deri_sweep.data.record import Record, RecordError, clean_text
 from deri_sweep.data.signal import SignalOptions
 
 log = logging.getLogger(__name__)
@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 #: Reports with fewer words than this are dropped (spec section 1).
 MIN_REPORT_WORDS = 4
 N_REPORT_COLUMNS = 18
+#: Longest report kept (characters); a longer one is cut, and the record named in warnings.csv.
+MAX_REPORT_CHARS = 2000
 
 _STRIP_CHARS = " *=-"
 _WHITESPACE = re.compile(r"[\r\n\t]")
@@ -28,6 +30,11 @@ _SURROGATE = re.compile("[\udc80-\udcff]")
 
 
 def clean_report(statements: list[str]) -> str:
+    """:func:`clean_report_counted` without the count of cut characters."""
+    return clean_report_counted(statements)[0]
+
+
+def clean_report_counted(statements: list[str]) -> tuple[str, int]:
     """Turn machine statements into one cleaned report (spec section 1).
 
     Each statement has newlines/tabs turned into spaces, leading and trailing
@@ -38,21 +45,24 @@ def clean_report(statements: list[str]) -> str:
     Args:
         statements: raw statements, e.g. ``["Sinus rhythm", "", "*** Abnormal EKG ***"]``.
 
+    Control characters (NUL, escape, ...) are removed, and a report longer than
+    :data:`MAX_REPORT_CHARS` is cut there.
+
     Returns:
-        The report, e.g. ``"sinus rhythm. abnormal ecg."``; ``""`` when no
-        statement is left.
+        ``(report, characters cut)``, the report e.g. ``"sinus rhythm. abnormal
+        ecg."``; ``""`` when no statement is left.
     """
     parts: list[str] = []
     for statement in statements:
         if not isinstance(statement, str):
             continue
-        text = _WHITESPACE.sub(" ", statement).strip(_STRIP_CHARS)
+        text = clean_text(_WHITESPACE.sub(" ", statement), len(statement))[0].strip(_STRIP_CHARS)
         text = text.replace("EKG", "ECG").replace("ekg", "ecg")
         if text:
             parts.append(text)
     if not parts:
-        return ""
-    return ". ".join(parts).lower() + "."
+        return "", 0
+    return clean_text(". ".join(parts).lower() + ".", MAX_REPORT_CHARS)
 
 
 class MimicReader(Reader):
@@ -101,6 +111,7 @@ class MimicReader(Reader):
             path, "MIMIC-IV-ECG v1.0", usecols=["study_id", *columns], encoding_errors="surrogateescape", dtype=object
         )
         reports: dict[str, str] = {}
+        self._cut: dict[str, int] = {}
         for number, (study, *statements) in enumerate(
             zip(table["study_id"], *(table[c] for c in columns), strict=True), start=1
         ):
@@ -111,7 +122,9 @@ class MimicReader(Reader):
                     study, RecordError("bad_report", f"{path}: data row {number} ({', '.join(bad)}) is not valid UTF-8")
                 )
                 continue
-            report = clean_report(statements)
+            report, cut = clean_report_counted(statements)
+            if cut:
+                self._cut[study] = cut
             if reports.setdefault(study, report) != report:
                 self._bad.setdefault(
                     study,
@@ -154,11 +167,21 @@ class MimicReader(Reader):
         n_words = len(report.split())
         if n_words < MIN_REPORT_WORDS:
             raise RecordError("short_report", f"study {key}: report {report!r} has {n_words} words (< 4)")
-        return read_wfdb(
+        warnings = ()
+        if key in self._cut:
+            warnings = ((
+                "report_truncated",
+                f"study {key}: report cut to {MAX_REPORT_CHARS} characters ({self._cut[key]} more in "
+                f"{self.root / 'machine_measurements.csv'})",
+            ),)  # fmt: skip
+        record = read_wfdb(
             self.root / f"{rel_path}.hea",
             self.options,
             key,
+            root=self.root,
             subject_id=subject or None,
             report=report,
             meta={"ecg_time": ecg_time or None},
         )
+        record.warnings = record.warnings + warnings
+        return record

@@ -8,14 +8,15 @@ Every code of a record counts, whatever its likelihood.
 
 from __future__ import annotations
 
-import ast
 import logging
+import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from deri_sweep.data.readers.base import DatasetError, Reader, parse_age, read_table, read_wfdb, unknown_key
-from deri_sweep.data.readers.mimic import clean_report
+from deri_sweep.data.readers.mimic import MAX_REPORT_CHARS, clean_report_counted
 from deri_sweep.data.record import Record, RecordError
 from deri_sweep.data.signal import SignalOptions
 
@@ -52,6 +53,7 @@ class _Row:
     report: str
     scp_codes: str
     strat_fold: int | None
+    strat_fold_text: str
     filename_lr: str
     filename_hr: str
 
@@ -64,10 +66,63 @@ def _flag(value: str) -> bool:
 
 
 def _int_or_none(value: str) -> int | None:
+    """A whole number written as ``"3"`` or ``"3.0"`` (pandas' float ids), else ``None``.
+
+    Never raises: ``inf``, ``1e999``, ``nan``, ``3.5`` and cells longer than 20
+    characters are ``None``.
+    """
+    text = value.strip()
+    if len(text) > 20:
+        return None
     try:
-        return int(float(value))
+        number = float(text)
     except ValueError:
         return None
+    if not math.isfinite(number) or number != int(number) or abs(number) > 1e15:
+        return None
+    return int(number)
+
+
+#: The longest scp_codes cell parsed (the real ones are < 200 characters).
+MAX_SCP_CHARS = 10_000
+_SCP_ITEM = re.compile(
+    r"""\s*(?:'([^'\\]{1,40})'|"([^"\\]{1,40})")\s*:\s*([-+]?(?:\d{1,10}(?:\.\d{0,10})?|\.\d{1,10}))\s*"""
+)
+
+
+def parse_scp_codes(text: str) -> dict[str, float]:
+    """Parse an ``scp_codes`` cell, a Python dict literal of code -> likelihood, without evaluating it.
+
+    Args:
+        text: e.g. ``"{'NORM': 100.0, 'SR': 0.0}"``; empty: ``{}``.
+
+    Returns:
+        Code -> likelihood in written order (a repeated code keeps its last value).
+
+    Raises:
+        ValueError: the cell is longer than :data:`MAX_SCP_CHARS`, or not a dict of
+            quoted codes (1-40 characters) to plain numbers.
+    """
+    text = text.strip()
+    if not text:
+        return {}
+    if len(text) > MAX_SCP_CHARS:
+        raise ValueError(f"{len(text)} characters, more than the {MAX_SCP_CHARS} a cell may have")
+    if not (text.startswith("{") and text.endswith("}")):
+        raise ValueError("not a dict literal")
+    body = text[1:-1].strip()
+    codes: dict[str, float] = {}
+    if not body:
+        return codes
+    items = body.split(",")
+    if items[-1].strip() == "":  # a trailing comma, as Python allows
+        items = items[:-1]
+    for item in items:
+        m = _SCP_ITEM.fullmatch(item)
+        if m is None:
+            raise ValueError(f"item {item.strip()[:60]!r} is not 'CODE': number")
+        codes[m.group(1) or m.group(2)] = float(m.group(3))
+    return codes
 
 
 class PtbxlReader(Reader):
@@ -139,11 +194,11 @@ class PtbxlReader(Reader):
         for number, (r, filename_hr) in enumerate(zip(table.itertuples(index=False), hr, strict=True), start=1):
             ecg_id = _int_or_none(r.ecg_id)
             if ecg_id is None or ecg_id < 0:
-                key = r.ecg_id.strip() or f"row{number}"
+                key = r.ecg_id.strip()[:40] or f"row{number}"
                 self._bad[key] = RecordError(
-                    "bad_metadata", f"{path}: data row {number}: ecg_id {r.ecg_id!r} is not a number"
+                    "bad_metadata", f"{path}: data row {number}: ecg_id {r.ecg_id[:40]!r} is not a whole number"
                 )
-                rows[key] = _Row("", None, None, "", "", None, "", "")
+                rows[key] = _Row("", None, None, "", "", None, "", "", "")
                 continue
             numbers.setdefault(f"{ecg_id:05d}", []).append(number)
             patient = _int_or_none(r.patient_id)
@@ -154,6 +209,7 @@ class PtbxlReader(Reader):
                 report=r.report,
                 scp_codes=r.scp_codes,
                 strat_fold=_int_or_none(r.strat_fold),
+                strat_fold_text=r.strat_fold,
                 filename_lr=r.filename_lr.strip(),
                 filename_hr=filename_hr.strip(),
             )
@@ -199,16 +255,13 @@ class PtbxlReader(Reader):
         """
         row = self._rows[key]
         try:
-            codes = ast.literal_eval(row.scp_codes) if row.scp_codes.strip() else {}
-            if not isinstance(codes, dict):
-                raise ValueError("not a dict literal")
-            likelihoods = {str(k): float(v) for k, v in codes.items()}
-        except (ValueError, SyntaxError, TypeError) as exc:
-            reason = str(exc).split(":")[0] if "malformed node" in str(exc) else exc
+            codes = likelihoods = parse_scp_codes(row.scp_codes)
+        except ValueError as exc:
+            shown = row.scp_codes if len(row.scp_codes) <= 200 else row.scp_codes[:200] + "..."
             raise RecordError(
                 "bad_labels",
-                f"{self.root / 'ptbxl_database.csv'}: ecg_id {key}: scp_codes {row.scp_codes!r} is not a dict of "
-                f"code -> likelihood ({reason})",
+                f"{self.root / 'ptbxl_database.csv'}: ecg_id {key}: scp_codes {shown!r} is not a dict of "
+                f"code -> likelihood ({exc})",
             ) from None
         found: dict[str, set[str]] = {name: set() for name in LABEL_SETS}
         unmapped: list[str] = []
@@ -252,18 +305,28 @@ class PtbxlReader(Reader):
         if row.strat_fold not in range(1, 11):
             raise RecordError(
                 "bad_metadata",
-                f"{self.root / 'ptbxl_database.csv'}: ecg_id {key}: strat_fold {row.strat_fold} is not in 1..10",
+                f"{self.root / 'ptbxl_database.csv'}: ecg_id {key}: strat_fold {row.strat_fold_text[:40]!r} is not "
+                "a whole number in 1..10",
             )
         labels, codes, unmapped = self.labels(key)
         meta = {"strat_fold": row.strat_fold, "age": row.age, "sex": row.sex, "scp_codes": codes}
         if unmapped:
             meta["unmapped_codes"] = unmapped
-        return read_wfdb(
+            meta["label_source"] = f"{self.root / 'scp_statements.csv'} (ecg_id {key}'s scp_codes)"
+        report, cut = clean_report_counted([row.report])
+        record = read_wfdb(
             self._header_path(row, key),
             self.options,
             key,
+            root=self.root,
             subject_id=row.patient_id or None,
             labels=labels,
-            report=clean_report([row.report]) or None,
+            report=report or None,
             meta=meta,
         )
+        if cut:
+            record.warnings = (
+                *record.warnings,
+                ("report_truncated", f"ecg_id {key}: report cut to {MAX_REPORT_CHARS} characters ({cut} more)"),
+            )
+        return record

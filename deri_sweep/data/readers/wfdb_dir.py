@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 
 from deri_sweep.data.readers.base import DatasetError, Reader, record_from_header, split_codes, unknown_key
-from deri_sweep.data.record import Record, RecordError
+from deri_sweep.data.record import Record
 from deri_sweep.data.signal import SignalOptions
 from deri_sweep.data.wfdb_io import parse_header
 
@@ -42,7 +42,7 @@ class WfdbDirReader(Reader):
         for key in self._keys:
             try:
                 codes.update(split_codes(parse_header(self.root / f"{key}.hea").comments.get("dx")))
-            except RecordError as exc:
+            except Exception as exc:  # any unreadable header only leaves its codes out of the label set
                 skipped += 1
                 log.debug("dx scan skips %s: %s", key, exc)
         if skipped:
@@ -71,4 +71,4 @@ class WfdbDirReader(Reader):
             raise unknown_key(self, key)
         header = parse_header(self.root / f"{key}.hea")
         labels = {"dx": tuple(sorted(split_codes(header.comments.get("dx"))))}
-        return record_from_header(header, self.options, key, labels=labels)
+        return record_from_header(header, self.options, key, root=self.root, labels=labels)
