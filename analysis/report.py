@@ -254,12 +254,16 @@ def _decisions(run: RunData) -> str:
     )  # fmt: skip
     caption = (
         f'<p class="caption">Decided on the validation objective only (mean validation macro AUROC of the probe '
-        f"plan), margin {esc(decide.get('margin', '?'))}, alpha {esc(decide.get('alpha', '?'))} spent over the "
-        "looks (p_holm must fall under the look's threshold alpha_look; equivalence uses p_equiv_holm). delta and "
-        "its 95% interval are variant minus baseline; test_auroc is reported after the fact, never used to "
-        f"decide. {len(decisions)} readings in {esc(DECISIONS_FILE)}.</p>"
+        f"plan), margin {esc(decide.get('margin', '?'))}, family-wise alpha {esc(decide.get('alpha', '?'))} over "
+        "every look: p_holm is the repeated p-value (over the looks so far) Holm-adjusted over the variants, "
+        "&quot;matters&quot; when it is &lt;= alpha; equivalence likewise with p_equiv_holm. p_decision is the "
+        f"predicted probability of a decision by max_seeds ({esc(decide.get('max_seeds', '?'))} pairs); under "
+        f"futility ({esc(decide.get('futility', 0))}) the variant stopped as undecidable within budget. A seed whose "
+        "trial failed on every retry is named and never paired. delta and its 95% interval are variant minus "
+        "baseline; test_auroc is reported after the fact, never used to decide. "
+        f"{len(decisions)} readings in {esc(DECISIONS_FILE)}.</p>"
     )
-    digits = {"n_pairs": 0, "seeds_run": 0, "gpu_hours": 3}
+    digits = {"n_pairs": 0, "seeds_run": 0, "gpu_hours": 3, "p_decision": 3}
     return _section("decisions", frame_to_html(table, digits=digits, default_digits=4) + caption)
 
 
