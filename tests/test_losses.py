@@ -111,3 +111,15 @@ def test_gathered_loss_equals_global_batch_and_grad_only_local() -> None:
         assert loss == pytest.approx(full.item(), rel=1e-5)
         # the local shard gets exactly the full-batch gradient of its rows; other shards are constants
         torch.testing.assert_close(grad, xg.grad[rank * 3 : (rank + 1) * 3], rtol=1e-4, atol=1e-6)
+
+
+def test_bf16_autocast_gives_the_float32_loss() -> None:
+    """The similarity and its cross-entropy leave autocast: bf16 features' float32 loss, to 1e-6."""
+    torch.manual_seed(0)
+    x, y = torch.randn(64, 256), torch.randn(64, 256)
+    for scale in (SCALE, 100.0, torch.tensor(50.0)):
+        expected = ClipLoss()(x, y, scale)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = ClipLoss()(x, y, scale)
+        assert got.dtype == torch.float32
+        assert abs(got.item() - expected.item()) <= 1e-6

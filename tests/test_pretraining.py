@@ -285,3 +285,50 @@ def test_killed_worker_resumes_from_checkpoint_with_the_same_result(two_worker_r
     # Any real divergence (wrong RNG, lr or state after resume) grows chaotically far beyond 1e-4.
     for key in ("train_total", "val_total", "step"):
         assert victim.metrics[key] == pytest.approx(reference.metrics[key], rel=1e-4), key
+
+
+def test_loader_side_text_features_train_bit_identically_to_the_in_process_gather(mimic_cache):
+    """Today's path (the training process gathers text features every step, float32 signals) and the new one
+    (a loader worker ships fp16 features and int16 signals + operands, as for a GPU; cast and normalised in the
+    training process; losses read every 2 steps) give the same losses and weights, bit for bit, on CPU."""
+    import functools
+
+    from deri_sweep.train.engine import build_optimizer, evaluate, seed_everything, train_epoch
+    from deri_sweep.train.recipe import prepare_text
+
+    cfg = _config(mimic_cache, **{"data.loader_workers": 1})
+    cache = SignalCache.open(mimic_cache)
+    text, _, hidden = prepare_text(cfg, WorkerInfo())
+    rows = _rows(cache, cfg.data.train_split, cfg.data.limit)
+    wire = {"text": functools.partial(text.store.padded, dtype=np.float16), "wire16": True}
+    results = []
+    for dataset in (CacheDataset(cache, rows, cfg.data.norm), CacheDataset(cache, rows, cfg.data.norm, **wire)):
+        seed_everything(cfg.seed)
+        model = DERI(cfg.model, text_hidden_size=hidden)
+        loss_fn = DeriLoss(cfg.model.loss)
+        optimizer, scheduler = build_optimizer(model, cfg.optim)
+        loader = _loader(dataset, cfg.optim.batch_size, WorkerInfo(), cfg, shuffle=True)
+        seen: list[dict] = []
+        stats = train_epoch(
+            model, loss_fn, loader, text, optimizer, scheduler, device=torch.device("cpu"), max_steps=3,
+            on_step=lambda _i, v, seen=seen: seen.append(v), sync_every=1 if dataset.text is None else 2,
+        )  # fmt: skip
+        val = evaluate(model, loss_fn, loader, text, device=torch.device("cpu"), max_steps=1)
+        results.append((stats.losses, val, seen[-1], [p.detach().clone() for p in model.parameters()]))
+    (old_means, old_val, old_last, old_w), (new_means, new_val, new_last, new_w) = results
+    assert old_means == new_means and old_val == new_val and old_last == new_last
+    assert all(torch.equal(a, b) for a, b in zip(old_w, new_w, strict=True))
+
+
+def test_a_non_finite_loss_is_caught_at_the_next_read_naming_its_step():
+    from deri_sweep.train.engine import TextSource, build_optimizer, train_epoch
+    from deri_sweep.train.train_config import OptimConfig
+
+    model = _grad_model().float().train()
+    batch = {k: v.float() if v.is_floating_point() else v for k, v in _grad_batch().items()}
+    batches = [dict(batch, report_id=torch.arange(2 * GRAD_B)) for _ in range(5)]
+    batches[1] = dict(batches[1], ecg=torch.full_like(batch["ecg"], float("nan")))
+    optimizer, scheduler = build_optimizer(model, OptimConfig())
+    with pytest.raises(FloatingPointError, match=r"non-finite at step 1 \(read at step 2\)"):
+        train_epoch(model, DeriLoss(_grad_model_config().loss), batches, TextSource([]), optimizer, scheduler,
+                    device=torch.device("cpu"), sync_every=3)  # fmt: skip

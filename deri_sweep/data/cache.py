@@ -17,6 +17,7 @@ Signals are memory-mapped, so a batch read touches only the rows it needs.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -140,6 +141,42 @@ class SignalCache:
             raise ValueError(f"unknown normalisation {norm!r}; choose minmax_record, zscore_lead or none")
         return torch.from_numpy(out)
 
+    def signals16(self, rows: np.ndarray, norm: NormMode = "minmax_record") -> dict[str, torch.Tensor]:
+        """Signals of index rows as they cross to the device: int16 samples and the normalisation's operands.
+
+        :func:`finish_signals` on any device turns the result into float32 values bit-identical
+        to :meth:`signals` (the same float32 operations in the same order: the int16 -> float32
+        cast is exact, then one IEEE multiply, add or divide per operand).
+
+        Args:
+            rows: (B,) positional row numbers.
+            norm: normalisation (spec section 1).
+
+        Returns:
+            ``ecg`` (B, 12, L) int16 microvolts and, per mode, ``ecg_mul`` (B, 1, 1) and ``ecg_add``
+            (B, 1, 1) float32 (``minmax_record``), ``ecg_add`` and ``ecg_div`` (B, 12, 1) float32
+            (``zscore_lead``), or ``ecg_mul`` (1, 1, 1) (``none``).
+        """
+        raw = self.raw(rows)  # (B, 12, L) int16 microvolts
+        out = {"ecg": torch.from_numpy(raw)}
+        if norm == "minmax_record":
+            flat = raw.reshape(len(raw), -1)
+            lo = flat.min(axis=1).astype(np.float32)
+            scale = 1.0 / np.maximum(flat.max(axis=1).astype(np.float32) - lo, 1.0)
+            out["ecg_mul"] = torch.from_numpy(np.ascontiguousarray(scale[:, None, None], dtype=np.float32))
+            out["ecg_add"] = torch.from_numpy(np.ascontiguousarray((-lo * scale)[:, None, None], dtype=np.float32))
+        elif norm == "zscore_lead":
+            full = raw.astype(np.float32)  # the statistics need the float32 values, as in signals()
+            mean = full.mean(axis=2, keepdims=True)
+            full -= mean
+            out["ecg_add"] = torch.from_numpy(-mean)
+            out["ecg_div"] = torch.from_numpy(np.maximum(full.std(axis=2, keepdims=True), 1.0).astype(np.float32))
+        elif norm == "none":
+            out["ecg_mul"] = torch.full((1, 1, 1), np.float32(1.0 / GAIN_PER_MV), dtype=torch.float32)
+        else:
+            raise ValueError(f"unknown normalisation {norm!r}; choose minmax_record, zscore_lead or none")
+        return out
+
     def labels(self, label_set: str) -> np.ndarray:
         """(N, C) uint8 label matrix of one label set, columns in class order."""
         if label_set not in self.info["label_sets"]:
@@ -156,6 +193,29 @@ class SignalCache:
         return pd.read_csv(self.root / "skipped.csv", dtype=str, keep_default_na=False)
 
 
+def finish_signals(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Normalised float32 signals from :meth:`SignalCache.signals16` operands, computed where they are.
+
+    Args:
+        batch: ``ecg`` (B, 12, L) int16 and the ``ecg_mul`` / ``ecg_add`` / ``ecg_div`` operands present
+            (already on the target device), or ``ecg`` float32 (returned unchanged).
+
+    Returns:
+        (B, 12, L) float32, bit-identical to :meth:`SignalCache.signals` of the same rows.
+    """
+    ecg = batch["ecg"]
+    if ecg.dtype == torch.float32:
+        return ecg
+    x = ecg.to(torch.float32)
+    if "ecg_mul" in batch:
+        x.mul_(batch["ecg_mul"])  # separate kernels, no fused multiply-add: numpy rounds the product first
+    if "ecg_add" in batch:
+        x.add_(batch["ecg_add"])
+    if "ecg_div" in batch:
+        x.div_(batch["ecg_div"])
+    return x
+
+
 def keep_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """``collate_fn`` for :class:`CacheDataset`: its batches are already stacked."""
     return batch
@@ -165,19 +225,35 @@ class CacheDataset(torch.utils.data.Dataset):
     """Torch dataset over some rows of a cache, fetching whole batches at once.
 
     ``DataLoader`` calls :meth:`__getitems__` with a batch of indices, so one
-    memmap gather serves the whole batch; pass ``collate_fn=keep_batch``.
+    memmap gather serves the whole batch; pass ``collate_fn=keep_batch``. In a
+    loader worker it also prepares the batch's text inputs (``text``), so that the
+    training process only moves ready tensors to its device.
 
     Args:
         cache: the opened cache.
         rows: positional index rows in this dataset (e.g. the train split).
         norm: normalisation mode.
+        text: report ids (B,) -> extra tensors of the batch (e.g. the padded text features of
+            ``TextFeatureStore.padded``); must be picklable when the loader spawns workers.
+        wire16: ship signals as int16 plus normalisation operands (:meth:`SignalCache.signals16`;
+            :func:`finish_signals` normalises them on the device) instead of float32.
     """
 
-    def __init__(self, cache: SignalCache, rows: np.ndarray, norm: NormMode = "minmax_record") -> None:
+    def __init__(
+        self,
+        cache: SignalCache,
+        rows: np.ndarray,
+        norm: NormMode = "minmax_record",
+        *,
+        text: Callable[[np.ndarray], dict[str, torch.Tensor]] | None = None,
+        wire16: bool = False,
+    ) -> None:
         self.cache = cache
         self.rows = np.asarray(rows, dtype=np.int64)
         self.norm = norm
         self.report_ids = cache.index["report_id"].to_numpy(np.int64)
+        self.text = text
+        self.wire16 = wire16
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -186,10 +262,16 @@ class CacheDataset(torch.utils.data.Dataset):
         return {k: v[0] for k, v in self.__getitems__([i]).items()}
 
     def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
-        """One batch: ``ecg`` (B, 12, L) float32, ``report_id`` (B,) int64, ``row`` (B,) int64."""
+        """One batch of ``indices``.
+
+        Returns:
+            ``ecg`` (B, 12, L) float32 (int16 and its operands with ``wire16``), ``report_id`` (B,)
+            int64, ``row`` (B,) int64, and what ``text`` returns.
+        """
         rows = self.rows[np.asarray(indices, dtype=np.int64)]
-        return {
-            "ecg": self.cache.signals(rows, self.norm),
-            "report_id": torch.from_numpy(self.report_ids[rows]),
-            "row": torch.from_numpy(rows),
-        }
+        batch = self.cache.signals16(rows, self.norm) if self.wire16 else {"ecg": self.cache.signals(rows, self.norm)}
+        ids = self.report_ids[rows]
+        batch.update(report_id=torch.from_numpy(ids), row=torch.from_numpy(rows))
+        if self.text is not None:
+            batch.update(self.text(ids))
+        return batch

@@ -19,7 +19,9 @@ import logging
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from deri_sweep.model.config import ReportDecoderConfig
 from deri_sweep.model.text_tower import offline_error, resolve_text_name
@@ -35,6 +37,16 @@ def _prepare_tokenizer(tokenizer: Any) -> Any:
         special["eos_token"] = tokenizer.sep_token or "[EOS]"
     tokenizer.add_special_tokens(special)
     return tokenizer
+
+
+#: caption tokens (rows x padded length) per micro-batch of the caption loss: its (2048, 50260) float32 logits
+#: with their bf16 source and gradient are ~1 GB, and only one micro-batch's decoder activations exist at a time
+CAPTION_TOKENS_PER_CHUNK = 2048
+
+
+def caption_chunk_rows(length: int) -> int:
+    """Rows per micro-batch of the caption loss for captions padded to ``length`` tokens."""
+    return max(1, CAPTION_TOKENS_PER_CHUNK // max(length, 1))
 
 
 class ReportDecoder(nn.Module):
@@ -115,11 +127,31 @@ class ReportDecoder(nn.Module):
             mask: (B, N) 1 at real tokens.
 
         Returns:
-            Scalar mean CE over predicted real tokens (the report and [EOS]).
+            Scalar mean CE over predicted real tokens (the report and [EOS]), in float32. It is what
+            ``GPT2LMHeadModel(labels=...)`` returns, computed in micro-batches of
+            :data:`CAPTION_TOKENS_PER_CHUNK` tokens under activation checkpointing: the full (B, N, V)
+            logits never exist, nor more than one micro-batch's decoder activations.
         """
-        labels = ids.masked_fill(mask == 0, -100)  # (B, N), shifted inside GPT-2
-        out = self.lm(input_ids=ids, attention_mask=mask, encoder_hidden_states=self.ecg_proj(memory), labels=labels)
-        return out.loss
+        count = int(mask[:, 1:].sum())  # predicted real tokens: the report and [EOS]
+        rows = caption_chunk_rows(ids.shape[1])
+        total = memory.new_zeros((), dtype=torch.float32)
+        for start in range(0, ids.shape[0], rows):
+            part = (memory[start : start + rows], ids[start : start + rows], mask[start : start + rows])
+            if torch.is_grad_enabled():  # keep only the micro-batch's inputs; recompute it in the backward pass
+                total = total + checkpoint(self._summed_ce, *part, use_reentrant=False)
+            else:
+                total = total + self._summed_ce(*part)
+        return total / count
+
+    def _summed_ce(self, memory: Tensor, ids: Tensor, mask: Tensor) -> Tensor:
+        """Summed float32 CE of one micro-batch: memory (b, M, ecg_dim), ids/mask (b, N) -> ()."""
+        hidden = self.lm.transformer(
+            input_ids=ids, attention_mask=mask, encoder_hidden_states=self.ecg_proj(memory), use_cache=False
+        ).last_hidden_state  # (b, N, E)
+        targets = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)  # (b, N-1): position i predicts token i+1
+        keep = targets != -100
+        logits = self.lm.lm_head(hidden[:, :-1][keep]).float()  # (T, V), T <= CAPTION_TOKENS_PER_CHUNK
+        return F.cross_entropy(logits, targets[keep], reduction="sum")
 
     @torch.no_grad()
     def generate(self, memory: Tensor, *, num_beams: int | None = None, max_length: int | None = None) -> list[str]:

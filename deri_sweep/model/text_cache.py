@@ -219,6 +219,13 @@ class TextFeatureStore:
         self.offsets = np.load(self.directory / "offsets.npy")  # (R+1,)
         self.lengths = np.diff(self.offsets)  # (R,)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle the folder only (a loader worker reopens the memory maps instead of copying them)."""
+        return {"directory": self.directory}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["directory"])
+
     @classmethod
     def open(cls, cache_dir: str | Path, text: TextConfig) -> TextFeatureStore:
         """Open the features of tower ``text`` in a prepared cache directory."""
@@ -249,3 +256,33 @@ class TextFeatureStore:
         tokens[mask] = self.tokens[first + np.arange(int(lengths.sum()))]
         pooled = np.asarray(self.pooled[ids], dtype=np.float32)  # (B, H)
         return torch.from_numpy(pooled), torch.from_numpy(tokens), torch.from_numpy(mask)
+
+    def padded(self, report_ids: np.ndarray, dtype: type[np.floating] = np.float16) -> dict[str, torch.Tensor]:
+        """The batch's text inputs as a loader worker ships them (``DERI.forward`` keyword names).
+
+        The values are those of :meth:`batch` (the store is fp16, so float32 is an exact upcast);
+        fp16 halves what crosses to the device, where the training process casts it.
+
+        Args:
+            report_ids: (B,) int report ids.
+            dtype: ``np.float16`` (what crosses to a GPU) or ``np.float32``.
+
+        Returns:
+            ``pooled`` (B, H), ``tokens`` (B, Nmax, H) zero-padded, both ``dtype``; ``token_mask``
+            (B, Nmax) bool; Nmax is the longest report in the batch.
+        """
+        ids = np.asarray(report_ids, dtype=np.int64)
+        if ids.size and (ids.min() < 0 or ids.max() >= len(self)):
+            raise IndexError(f"report ids must be in [0, {len(self)}); got min {ids.min()} max {ids.max()}")
+        lengths = self.lengths[ids]  # (B,)
+        width = int(lengths.max()) if ids.size else 0
+        tokens = np.zeros((len(ids), width, self.hidden_size), dtype=dtype)  # (B, Nmax, H)
+        mask = np.arange(width)[None, :] < lengths[:, None]  # (B, Nmax)
+        first = np.repeat(self.offsets[ids] - (np.cumsum(lengths) - lengths), lengths)  # (sum N,)
+        tokens[mask] = self.tokens[first + np.arange(int(lengths.sum()))]
+        pooled = np.asarray(self.pooled[ids], dtype=dtype)  # (B, H)
+        return {
+            "pooled": torch.from_numpy(pooled),
+            "tokens": torch.from_numpy(tokens),
+            "token_mask": torch.from_numpy(mask),
+        }
