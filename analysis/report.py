@@ -27,6 +27,7 @@ from analysis._io import RunData, RunDirError, load_run, write_text
 from analysis._table_render import comparison_html, write_comparison
 from analysis.decisions import DECISIONS_FILE, why_we_stopped
 from analysis.pareto import pareto_front, plot_pareto
+from analysis.published import REFERENCE_LABEL
 from analysis.tables import (
     RANDOM_INIT,
     ComparisonTable,
@@ -34,6 +35,7 @@ from analysis.tables import (
     cost_per_variant,
     trials_summary,
     verdict_word,
+    write_reference_table,
 )
 
 __all__ = ["build_report", "main", "render_report"]
@@ -43,6 +45,7 @@ logger = logging.getLogger(__name__)
 #: Secondary comparisons shown when the run has them: (eval, metric, title).
 OTHER_COMPARISONS = (
     ("linear_probe", "max_test_auroc", "Linear probe, max-over-epochs test AUROC (comparable to published DERI)"),
+    ("linear_probe_reference", "max_test_auroc", REFERENCE_LABEL),
     ("zero_shot", "test_auroc", "Zero-shot macro AUROC"),
     *(("report_generation", m, f"Report generation {m}") for m in ("bleu1", "bleu2", "bleu3", "bleu4", "rougeL")),
 )
@@ -321,6 +324,7 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None) -> dict
     table = comparison_table(run.results, baseline=run.sweep.get("baseline_variant"))
     table = dataclasses.replace(table, notes=(*table.notes, *tower_notes(run.sweep)))
     paths = write_comparison(table, tables_dir)
+    paths.update(write_reference_table(run.results, tables_dir, baseline=run.sweep.get("baseline_variant")))
     cost = cost_per_variant(run.trials, run.results)
     write_text(tables_dir / "cost.csv", cost.to_csv(index=False, float_format="%.6g"))
     paths["cost_csv"] = tables_dir / "cost.csv"

@@ -68,3 +68,24 @@ def test_16_bit_signals_finish_bit_identical_to_float32(tmp_path) -> None:
         wire = cache.signals16(rows, norm)
         assert wire["ecg"].dtype == torch.int16
         assert torch.equal(finish_signals(wire), cache.signals(rows, norm)), norm
+
+
+@pytest.mark.slow
+def test_every_shipped_row_fits_24_gb_at_batch_512_per_gpu() -> None:
+    """Issue 24: the dry run's per-worker estimate of every grid row of every cluster space is under 24 GB."""
+    import dataclasses
+
+    from deri_sweep.orchestration.dry_run import TARGET_GPU_GB, estimate_gpu_memory, resolve_plan
+    from deri_sweep.orchestration.spaces import load_space
+
+    estimates: dict[tuple[str, str], float] = {}
+    for name in ("paper_ablation", "interaction_depth", "decoders", "loss_weights", "tpe_joint"):
+        for record in resolve_plan(load_space(name)):
+            cfg = record.config
+            cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, batch_size=512))
+            estimates[(name, record.variant)] = estimate_gpu_memory(cfg)["estimate_gb"]
+    over = {key: gb for key, gb in estimates.items() if gb > TARGET_GPU_GB}
+    assert not over, over
+    # the estimate sees what a row adds: the caption decoder and the interaction stacks cost memory
+    assert estimates[("paper_ablation", "with_caption")] > estimates[("paper_ablation", "full")] + 2.0
+    assert estimates[("paper_ablation", "full")] > estimates[("paper_ablation", "merl_like")] + 2.0

@@ -393,3 +393,25 @@ def test_config_validation_names_key_and_fix() -> None:
     cfg = apply_overrides(ModelConfig(), ["interaction.depth=4", "loss.w_uma=0", "rme.enabled=false"])
     assert cfg.interaction.depth == 4 and from_dict(ModelConfig, to_dict(cfg)) == cfg
     assert ModelConfig(loss=LossConfig(w_mix=0, w_dec_e=0)).unused_parts() == ["decode_t", "decode_e"]
+
+
+def test_checkpointed_blocks_give_the_same_loss_and_gradients() -> None:
+    """interaction.checkpoint_blocks recomputes activations in backward: same numbers in train mode (RNG kept)."""
+    torch.manual_seed(0)
+    plain = DERI(short_cfg(), text_hidden_size=32).train()
+    ckpt_cfg = dataclasses.replace(short_cfg(), interaction=InteractionConfig(checkpoint_blocks=True))
+    ckpt = DERI(ckpt_cfg, text_hidden_size=32).train()
+    ckpt.load_state_dict(plain.state_dict())
+    ecg = torch.randn(4, 12, SHORT)
+    feats = {"pooled": torch.randn(4, 32), "tokens": torch.randn(4, 6, 32), "token_mask": torch.ones(4, 6, dtype=bool)}
+    feats["token_mask"][0, 4:] = False
+    grads = []
+    for model in (plain, ckpt):
+        torch.manual_seed(5)  # the same dropout / DropPath / RME draws
+        loss = DeriLoss(model.cfg.loss)(model(ecg, **feats))["total"]
+        loss.backward()
+        grads.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    torch.testing.assert_close(grads[0][0], grads[1][0], rtol=0, atol=0)
+    assert grads[0][1].keys() == grads[1][1].keys()
+    for name, g in grads[0][1].items():
+        torch.testing.assert_close(g, grads[1][1][name], rtol=1e-5, atol=1e-7, msg=name)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from deri_sweep.model.config import DropoutPlacement, InteractionConfig
 
@@ -122,6 +123,7 @@ class InteractionStack(nn.Module):
     ) -> None:
         super().__init__()
         self.mask_padding = cfg.mask_padding
+        self.checkpoint_blocks = cfg.checkpoint_blocks
         self.append_token = append_token
         self.token = nn.Parameter(torch.zeros(1, 1, c_in)) if append_token and own_token else None
         self.max_len = max_len + int(append_token)
@@ -172,7 +174,10 @@ class InteractionStack(nn.Module):
         seq = torch.where(is_end, sep_end.to(seq.dtype), seq) + self.pos[:, : n + 2]  # (B, L+2, dim)
         key_mask = idx[None, :] <= lengths[:, None] + 1 if masked else None  # (B, L+2)
         for block in self.blocks:
-            seq = block(seq, key_mask)  # (B, L+2, dim)
+            if self.checkpoint_blocks and torch.is_grad_enabled():
+                seq = checkpoint(block, seq, key_mask, use_reentrant=False)  # (B, L+2, dim), recomputed later
+            else:
+                seq = block(seq, key_mask)  # (B, L+2, dim)
         seq = self.norm(seq)[:, 1 : n + 1]  # (B, L, dim), separators dropped
         return self.output_head(seq)  # (B, L, c_out)
 

@@ -155,30 +155,42 @@ def estimate_gpu_memory(cfg: TrainConfig, target_gb: float = TARGET_GPU_GB) -> d
     How: the model (without its joint decoder) is built once per architecture and run forward with its loss
     on the ``meta`` device in bf16 at the trial's batch, signal length and the text tower's ``max_length``
     tokens (the longest a batch can be padded to); every tensor saved for backward is counted (weights
-    excluded) and taken x :data:`AUTOCAST_FACTOR`. Added: 18 bytes per trainable parameter (fp32 weight,
-    gradient, two AdamW moments, a bf16 copy), the batch's float32 inputs, the joint GPT-2 decoder counted
-    from its shape (:func:`_decoder_bytes`) and :data:`CUDA_OVERHEAD_BYTES`. Uncalibrated on a GPU until
-    ``benchmarks/gpu_check.py`` has run: it prints this estimate beside the measured peak.
+    excluded) and taken x :data:`AUTOCAST_FACTOR`, except the (queries x keys) attention matrices: on the
+    meta device ``scaled_dot_product_attention`` takes its math path and saves them, while on CUDA it runs
+    the fused flash / memory-efficient kernels (boolean masks included), which keep only the output and a
+    log-sum-exp per query. With ``interaction.checkpoint_blocks`` the blocks keep only their inputs and one
+    block's activations are added back for its recomputation in the backward pass. Added: 18 bytes per
+    trainable parameter (fp32 weight, gradient, two AdamW moments, a bf16 copy), the batch's float32 inputs,
+    the joint GPT-2 decoder counted from its shape (:func:`_decoder_bytes`) and :data:`CUDA_OVERHEAD_BYTES`.
+    Uncalibrated on a GPU until ``benchmarks/gpu_check.py`` has run: it prints this estimate beside the measured peak.
 
     Args:
         cfg: the trial's resolved config.
         target_gb: GPU memory per worker of the nodes the trial targets.
 
     Returns:
-        ``estimate_gb``, its parts (``static_gb``, ``activations_gb``, ``inputs_gb``, ``decoder_gb``; of the
-        activations, ``attention_matrices_gb``: the interaction stacks' materialised (queries x keys) scores
-        and probabilities, which a fused attention kernel would not keep),
+        ``estimate_gb``, its parts (``static_gb``, ``activations_gb``, ``inputs_gb``, ``decoder_gb``), the
+        ``attention_matrices_gb`` left out (what an unfused attention would add),
         ``batch_per_gpu``, ``text_tokens``, ``target_gb`` and ``fits``.
     """
     model = dataclasses.replace(cfg.model, loss=dataclasses.replace(cfg.model.loss, w_cap=0.0))
     key = json.dumps(to_dict(model), sort_keys=True, default=str)
     static, acts, scores, inputs, n = _model_estimate(key, cfg.optim.batch_size)
+    inter = model.interaction
+    if inter.checkpoint_blocks and inter.depth > 0:
+        # the backward pass recomputes one block at a time: add one block's activations (of each stack, to be safe)
+        plain = dataclasses.replace(model, interaction=dataclasses.replace(inter, checkpoint_blocks=False))
+        _, acts_all, scores_all, _, _ = _model_estimate(
+            json.dumps(to_dict(plain), sort_keys=True, default=str), cfg.optim.batch_size
+        )
+        acts += ((acts_all - scores_all) - (acts - scores)) / inter.depth
     dec_static, dec_transient = _decoder_bytes(cfg) if cfg.model.loss.w_cap > 0 else (0.0, 0.0)
-    total = static + AUTOCAST_FACTOR * acts + inputs + dec_static + dec_transient + CUDA_OVERHEAD_BYTES
+    kept = acts - scores  # on CUDA, SDPA (the stacks' and nn.MultiheadAttention's) runs fused: no score matrices
+    total = static + AUTOCAST_FACTOR * kept + inputs + dec_static + dec_transient + CUDA_OVERHEAD_BYTES
     return {
         "estimate_gb": round(total / 1e9, 2),
         "static_gb": round(static / 1e9, 2),
-        "activations_gb": round(AUTOCAST_FACTOR * acts / 1e9, 2),
+        "activations_gb": round(AUTOCAST_FACTOR * kept / 1e9, 2),
         "attention_matrices_gb": round(AUTOCAST_FACTOR * scores / 1e9, 2),
         "inputs_gb": round(inputs / 1e9, 2),
         "decoder_gb": round((dec_static + dec_transient) / 1e9, 2),
