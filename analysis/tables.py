@@ -18,12 +18,13 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from analysis._stats import holm, mean_ci, paired_test
-from analysis.published import published_frame
+from analysis.published import REFERENCE_EVAL, REFERENCE_LABEL, published_frame
 
 __all__ = [
     "CSV_COLUMNS",
@@ -33,8 +34,11 @@ __all__ = [
     "comparison_table",
     "cost_per_variant",
     "fraction_label",
+    "has_reference_rows",
+    "reference_table",
     "trials_summary",
     "verdict_word",
+    "write_reference_table",
 ]
 
 logger = logging.getLogger(__name__)
@@ -213,7 +217,7 @@ def comparison_table(
     Returns:
         The table; empty ``frame`` (with a note) when nothing matches.
     """
-    notes: list[str] = []
+    notes: list[str] = [REFERENCE_LABEL] if eval == REFERENCE_EVAL else []
     df = results
     if "status" in df.columns:
         failed = int((df["status"] != "ok").sum())
@@ -282,13 +286,71 @@ def comparison_table(
             notes.append(_holm_note(frame, baseline, alpha=alpha))
     else:
         notes.append(f"no {eval}/{metric} results in this run.")
-    if include_published and not frame.empty:
+    if include_published and not frame.empty and eval == "linear_probe" and has_reference_rows(results):
+        notes.append(
+            f"published rows are compared in the reference-protocol table ({REFERENCE_EVAL} / max_test_auroc), "
+            "the protocol they were obtained with."
+        )
+    elif include_published and not frame.empty:
         frame = _append_published(frame, eval=eval, metric=metric, notes=notes)
     per_seed = per_seed.assign(fraction=per_seed["_fkey"].where(per_seed["_fkey"] != _NO_FRACTION))
     per_seed = per_seed[["variant", "task", "fraction", "seed", "value"]].reset_index(drop=True)
     return ComparisonTable(
         frame, per_seed, metric, eval, baseline, higher_is_better, tuple(notes), alpha=alpha, confidence=confidence
     )
+
+
+def has_reference_rows(results: pd.DataFrame) -> bool:
+    """Whether a run holds usable rows of the authors' probe protocol (``probes.protocol: reference``)."""
+    if results.empty or "eval" not in results.columns:
+        return False
+    hit = (results["eval"] == REFERENCE_EVAL) & (results["metric"] == "max_test_auroc")
+    if "status" in results.columns:
+        hit &= results["status"] == "ok"
+    return bool(hit.any())
+
+
+def reference_table(results: pd.DataFrame, *, baseline: str | None = None, **kwargs: object) -> ComparisonTable:
+    """The comparison under the authors' probe protocol: max-over-epochs test AUROC, published rows beside it.
+
+    Its first note is :data:`~analysis.published.REFERENCE_LABEL`, so wherever it is shown it says that it
+    is the published numbers' protocol, not this project's headline.
+
+    Args:
+        results: tidy ``results.parquet`` frame.
+        baseline: reference variant (None: ``"full"`` when present).
+        **kwargs: passed to :func:`comparison_table`.
+
+    Returns:
+        The table (``eval`` = ``linear_probe_reference``, ``metric`` = ``max_test_auroc``).
+    """
+    return comparison_table(results, metric="max_test_auroc", eval=REFERENCE_EVAL, baseline=baseline, **kwargs)  # type: ignore[arg-type]
+
+
+def write_reference_table(
+    results: pd.DataFrame, out_dir: str | Path, *, baseline: str | None = None
+) -> dict[str, Path]:
+    """Write ``reference_protocol.md`` and ``reference_protocol.csv`` into ``out_dir`` when the run has such rows.
+
+    Returns:
+        ``{"reference_md": path, "reference_csv": path}``; ``{}`` when the run has no reference-protocol rows.
+    """
+    if not has_reference_rows(results):
+        return {}
+    from analysis._io import write_text
+    from analysis._table_render import comparison_csv, comparison_markdown
+
+    table = reference_table(results, baseline=baseline)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"reference_md": out / "reference_protocol.md", "reference_csv": out / "reference_protocol.csv"}
+    markdown = comparison_markdown(table).replace(
+        f"# Comparison: {table.eval} / {table.metric}", f"# {REFERENCE_LABEL.split(':')[0]}", 1
+    )
+    write_text(paths["reference_md"], markdown)
+    write_text(paths["reference_csv"], comparison_csv(table))
+    logger.info("wrote %s", paths["reference_md"])
+    return paths
 
 
 def _cell_features(df: pd.DataFrame) -> dict[tuple[str, str, float], str]:
@@ -399,6 +461,12 @@ def _append_published(frame: pd.DataFrame, *, eval: str, metric: str, notes: lis
             "source": "published",
         }
     )
+    if eval == REFERENCE_EVAL:
+        notes.append(
+            "published rows are references from the spec (section 9), not part of the best-cell marking; "
+            "they were obtained with this protocol (max-over-epochs test AUROC), so these rows line up with them."
+        )
+        return pd.concat([frame, extra[CSV_COLUMNS]], ignore_index=True)
     notes.append(
         "published rows are references from the spec (section 9), not part of the best-cell marking; "
         "the DERI numbers are max-over-epochs test AUROC, this run's test_auroc is selected on validation."
