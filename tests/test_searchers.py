@@ -130,3 +130,85 @@ def test_optuna_searcher_survives_save_and_restore_mid_trial(tmp_path):
     trials = optuna.load_study(study_name=run, storage=storage).trials
     assert len(trials) == 1 and trials[0].state == TrialState.COMPLETE and trials[0].value == pytest.approx(0.7)
     assert trials[0].params == config["overrides"] and trials[0].intermediate_values == {1: 5.0, 2: 4.0}
+
+
+def test_on_the_rung_signal_a_pruned_and_a_completed_trial_are_both_in_auroc_units(tmp_path):
+    """ASHA and Optuna read rung_probe_auroc (NaN between rungs); the completed trial's value is its probe objective."""
+    run, record = "run-units", StopRecord(tmp_path / "stopped.txt")
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    searcher = PruningOptunaSearch(
+        record, "rung_probe_auroc", space=define_by_run({"model.loss.w_mix": ParamSpec("float", 0.1, 2.0)}),
+        metric="objective", mode="max", study_name=run, storage=optuna.storages.RDBStorage(storage),
+    )  # fmt: skip
+    asha = StopRecordingASHA(record, time_attr="epoch", metric="rung_probe_auroc", mode="max", max_t=4,
+                             grace_period=2, reduction_factor=2)  # fmt: skip
+    good, bad = _Trial("good"), _Trial("bad")
+    for trial in (good, bad):
+        searcher.suggest(trial.trial_id)
+        asha.on_trial_add(None, trial)
+    between = {"epoch": 1.0, "rung_probe_auroc": math.nan, "training_iteration": 1}  # not a rung: no signal
+    for trial in (good, bad):
+        assert asha.on_trial_result(None, trial, between) == TrialScheduler.CONTINUE
+        searcher.on_trial_result(trial.trial_id, between)
+    assert asha.on_trial_result(None, good, {"epoch": 2.0, "rung_probe_auroc": 0.71}) == TrialScheduler.CONTINUE
+    searcher.on_trial_result("good", {"epoch": 2.0, "rung_probe_auroc": 0.71})
+    stop = {"epoch": 2.0, "rung_probe_auroc": 0.58, "training_iteration": 2}
+    assert asha.on_trial_result(None, bad, stop) == TrialScheduler.STOP  # a lower AUROC at the rung
+    searcher.on_trial_complete("bad", result=stop)
+    searcher.on_trial_result("good", {"epoch": 3.0, "rung_probe_auroc": 0.74})
+    searcher.on_trial_complete("good", result={"objective": 0.69, "rung_probe_auroc": 0.74})
+    by_state = {t.state: t for t in optuna.load_study(study_name=run, storage=storage).trials}
+    pruned, complete = by_state[TrialState.PRUNED], by_state[TrialState.COMPLETE]
+    assert pruned.intermediate_values == {2: 0.58} and pruned.value == 0.58  # an AUROC, not a loss
+    assert complete.intermediate_values == {2: 0.71, 3: 0.74} and complete.value == pytest.approx(0.69)
+
+
+# Optuna TPE + ASHA on the rung probe signal, through the CLI: two 2-epoch trials, one at a time; ASHA compares
+# the second trial's rung-1 AUROC with the first's (with TPE seed 42 both finished here: no prune is forced)
+RUNG_SPACE = """\
+search: optuna
+optuna: {model.loss.w_uma: {type: float, low: 0.1, high: 2.0}}
+num_samples: 2
+seeds: [42]
+metric: rung_probe_auroc
+mode: max
+objective: probe
+base: {model.ecg.num_samples: 1000, optim.batch_size: 8, optim.epochs: 2, optim.t0: 10000, max_steps_per_epoch: 2,
+       signals.train_records: 64, signals.val_records: 32}
+scheduler: {type: asha, grace_period: 1, reduction_factor: 2}
+trial: {workers: 1, cpus_per_worker: 0.5, driver_cpus: 0.01}
+probes: {datasets: [ptbxl], tasks: [ptbxl_super], fractions: [1.0], seeds: [0], epochs: 5, zero_shot: false,
+         random_floor: false}
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_optuna_asha_sweep_on_the_rung_probe_signal_keeps_one_unit(short_caches, tmp_path):
+    """Pruned trials reach Optuna as PRUNED with AUROC intermediate values, completed ones with the probe objective."""
+    from helpers import run_ablate
+
+    (tmp_path / "space.yaml").write_text(RUNG_SPACE)
+    caches = [f"{k}={v}" for k, v in short_caches.items()]
+    run = run_ablate(["--space", "space.yaml", "--out", "run", "--concurrency", "1", "--caches", *caches], tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    _check_units(tmp_path / "run")
+
+
+def _check_units(run_dir) -> None:
+    """Every intermediate value is an AUROC; a PRUNED trial ends on one, a COMPLETE one on its probe objective."""
+    import pandas as pd
+
+    study = optuna.load_study(study_name=run_dir.name, storage=f"sqlite:///{run_dir / 'optuna.db'}")
+    assert study.direction == optuna.study.StudyDirection.MAXIMIZE and len(study.trials) == 2
+    trials = pd.read_parquet(run_dir / "trials.parquet")
+    objective = dict(zip(trials["param/model.loss.w_uma"].round(9), trials["objective"], strict=True))
+    for trial in study.trials:
+        values = trial.intermediate_values
+        assert values and all(0.0 <= v <= 1.0 for v in values.values()), values  # AUROCs at the rungs
+        if trial.state == TrialState.PRUNED:
+            assert set(values) == {1} and trial.value == values[1]
+        else:
+            assert trial.state == TrialState.COMPLETE and set(values) == {1, 2}
+            assert trial.value == pytest.approx(objective[round(trial.params["model.loss.w_uma"], 9)])
+            assert 0.0 < trial.value <= 1.0

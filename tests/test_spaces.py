@@ -227,3 +227,62 @@ def test_gpu_trials_on_the_laptop_tower_are_flagged(capsys, tmp_path):
     assert len(warnings) == 1 and "laptop text tower 'embedded'" in warnings[0] and "MedCPT" in warnings[0]
     assert main([*args, "--set", "model.text.name=embedded"]) == 0
     assert "WARNING: GPU trials use the laptop text tower" in capsys.readouterr().out
+
+
+ASHA_ON = "scheduler: {type: asha, grace_period: 1, reduction_factor: 2}\n"
+WEIGHTED = "search: grid\nvariants: {full: {}, heavy: {model.loss.w_mix: 4.0}}\nbaseline: full\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        # a weighted total while a loss weight varies: the lighter trial survives the rungs, whatever it learned
+        (WEIGHTED + ASHA_ON, r"metric: val_total is what ASHA compares.*w_mix vary.*metric: rung_probe_auroc"),
+        (WEIGHTED + "metric: val_mix\n" + ASHA_ON, "metric: val_mix is what ASHA compares"),
+        (
+            "search: optuna\noptuna: {model.loss.w_uma: {type: float, low: 0.1, high: 2}}\n" + ASHA_ON,
+            r"val_total is what ASHA compares.*w_uma",
+        ),
+        # ASHA in a paired-seed grid stops seeds before their probes: the table loses pairs
+        (
+            "search: grid\ngrid: {model.interaction.depth: [0, 2]}\nseeds: [1, 2]\n" + ASHA_ON,
+            r"scheduler: ASHA in a grid with 2 seeds per configuration.*search: decide.*search: optuna",
+        ),
+        ("search: grid\nmetric: rankme\nmode: min\n", "rankme is larger-is-better; set mode: max"),
+        ("search: grid\nmetric: rung_probe_auroc\nmode: max\nprobes: {datasets: []}\n", "list one in probes.datasets"),
+    ],
+)
+def test_asha_contradictions_are_refused_naming_the_key_and_the_fix(tmp_path, text, message):
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigError, match=message) as info:
+        load_space(path)
+    assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        WEIGHTED + "metric: rung_probe_auroc\nmode: max\n" + ASHA_ON,  # invariant to the weights
+        WEIGHTED + "metric: val_cma\n" + ASHA_ON,  # an unweighted term whose own weight is fixed
+        WEIGHTED + "scheduler: {type: none}\n",  # no ASHA: every trial finishes and is probed
+        "search: grid\ngrid: {model.interaction.depth: [0, 2]}\nseeds: [1]\n" + ASHA_ON,  # one seed per configuration
+    ],
+)
+def test_what_the_refusals_let_through(tmp_path, text):
+    load_space(_write(tmp_path, text))
+
+
+def test_tpe_joint_prunes_on_the_probe_signal_at_its_rungs():
+    space = load_space("tpe_joint")
+    assert (space.metric, space.mode, space.scheduler.type) == ("rung_probe_auroc", "max", "asha")
+    cfg = space.train_config({}, 42)
+    assert cfg.optim.epochs == 50 and space.scheduler.rungs(50) == [10, 30]  # grace 10, factor 3, max_t 51
+    filled = space.rung_signals(cfg, {"ptbxl": "/data/ptbxl", "cpsc2018": "/data/cpsc"})
+    assert filled.signals.cache == "/data/ptbxl" and filled.signals.rungs == [10, 30] and filled.signals.due(30, 50)
+    assert not filled.signals.due(11, 50) and filled.signals.due(50, 50)  # and the last epoch
+    with pytest.raises(ConfigError, match="--caches ptbxl=DIR"):
+        space.rung_signals(cfg, {})
+    smoke = load_space("smoke")  # a space that does not read the signals does not pay for them
+    assert not smoke.rung_signals(smoke.train_config({}, 42), {"ptbxl": "/x"}).signals.enabled
+    depth = load_space("interaction_depth")
+    assert depth.scheduler.type == "none" and len(depth.seeds) == 3  # every paired seed finishes

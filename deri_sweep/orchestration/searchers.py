@@ -130,8 +130,9 @@ class PruningOptunaSearch(OptunaSearch):
 
     Args:
         stopped: the scheduler's record of stopped trials (see :class:`StopRecordingASHA`).
-        intermediate_metric: the per-epoch metric reported to Optuna as
-            intermediate values (the pretraining validation loss).
+        intermediate_metric: the per-epoch metric reported to Optuna as intermediate values (the
+            space's ``metric``; ``rung_probe_auroc`` keeps a pruned trial in the units of a completed
+            one's probe objective). NaN values (epochs between rungs) are not reported.
         pretrain_seed: the pretraining seed of every trial (replicate a found config with a grid).
         **kwargs: passed to ``OptunaSearch`` (space, metric, mode, sampler, study_name, storage).
     """

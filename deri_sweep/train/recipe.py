@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import tempfile
 import time
@@ -35,11 +36,23 @@ from deri_sweep.model.deri import DERI
 from deri_sweep.model.text_cache import TextFeatureStore, build_text_features, caching_applies, feature_dir
 from deri_sweep.model.text_tower import TextTower
 from deri_sweep.train.checkpoint import load_checkpoint, rng_state, save_checkpoint
-from deri_sweep.train.engine import TextSource, build_optimizer, evaluate, seed_everything, train_epoch, unwrap
+from deri_sweep.train.engine import (
+    TextSource,
+    autocast_dtype,
+    build_optimizer,
+    evaluate,
+    seed_everything,
+    train_epoch,
+    unwrap,
+)
 from deri_sweep.train.losses import DeriLoss
+from deri_sweep.train.rung_signals import SIGNAL_METRICS, RungSignalProbe
 from deri_sweep.train.train_config import TrainConfig
 
 log = logging.getLogger(__name__)
+
+#: loss read-out interval (steps) when ``report_every_steps`` is 0: a non-finite loss is caught within it
+SYNC_EVERY = 50
 
 #: ``report(metrics, checkpoint_dir_or_None)``: called by every worker at every report.
 Reporter = Callable[[dict[str, Any], Path | None], None]
@@ -84,7 +97,8 @@ def prepare_text(cfg: TrainConfig, worker: WorkerInfo) -> tuple[TextSource, Text
     """
     cache_dir = Path(cfg.data.cache)
     texts = SignalCache.open(cache_dir).reports()["text"].tolist()
-    if not caching_applies(cfg.model.text):
+    # mask_padding=false reads BERT's padding states, which the feature cache does not keep
+    if not caching_applies(cfg.model.text) or not cfg.model.interaction.mask_padding:
         tower = TextTower(cfg.model.text)
         return TextSource(texts), tower, tower.hidden_size
     target = feature_dir(cache_dir, cfg.model.text)
@@ -152,6 +166,8 @@ def run_worker(
         The metrics of the last epoch.
     """
     device = worker.device
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: autotune the 1-D convolutions once
     scratch = worker.scratch or Path(tempfile.gettempdir())
     remove_stale_checkpoint_dirs(scratch)
     cache = SignalCache.open(cfg.data.cache)
@@ -176,17 +192,20 @@ def run_worker(
             f"{cfg.data.cache}: {len(train_rows)} training records cannot fill one batch of {batch} x "
             f"{worker.world_size} workers; lower optim.batch_size"
         )
-    train_loader = _loader(CacheDataset(cache, train_rows, cfg.data.norm), batch, worker, cfg, shuffle=True)
+    wire = {"text": text.loader_text(device), "wire16": device.type == "cuda"}  # prepared in the loader workers
+    train_loader = _loader(CacheDataset(cache, train_rows, cfg.data.norm, **wire), batch, worker, cfg, shuffle=True)
     val_batch = min(batch, len(val_rows) // worker.world_size)
     val_loader = None
     if val_batch >= 2:
-        val_loader = _loader(CacheDataset(cache, val_rows, cfg.data.norm), val_batch, worker, cfg, shuffle=False)
+        val_dataset = CacheDataset(cache, val_rows, cfg.data.norm, **wire)
+        val_loader = _loader(val_dataset, val_batch, worker, cfg, shuffle=False)
     else:
         raise ValueError(
             f"{cfg.data.cache}: {len(val_rows)} {cfg.data.val_split!r} records cannot give {worker.world_size} "
             "workers 2 each for validation losses; use a larger cache (the MIMIC split keeps 2% of subjects)"
         )
 
+    signal_probe = _signal_probe(cfg, worker)  # rank 0 reads the fixed probe subset once (None: no rung signals)
     start_epoch, step, hours = 0, 0, 0.0
     if resume is not None:
         state, meta = load_checkpoint(resume, map_location=device)
@@ -219,10 +238,12 @@ def run_worker(
         stats = train_epoch(
             model, loss_fn, train_loader, text, optimizer, scheduler, device=device, precision=cfg.optim.precision,
             scaler=scaler, grad_clip=cfg.optim.grad_clip, max_steps=cfg.max_steps_per_epoch, on_step=on_step,
+            sync_every=cfg.report_every_steps or SYNC_EVERY,
         )  # fmt: skip
         val = {}
         if val_loader is not None:
             val = evaluate(model, loss_fn, val_loader, text, device=device, precision=cfg.optim.precision)
+        signals = _rung_signals(signal_probe, model, cfg, epoch + 1, time.perf_counter() - started, device)
         step += stats.steps
         hours += (time.perf_counter() - started) / 3600 * worker.world_size * worker.resource_per_worker
         metrics = {
@@ -235,6 +256,7 @@ def run_worker(
             "hours": hours,
             f"{worker.resource_kind}_hours": hours,
             "text_features_s": text_seconds,
+            **signals,
         }
         if worker.rank == 0:
             with tempfile.TemporaryDirectory(prefix=f"{CKPT_TMP_PREFIX}{os.getpid()}-", dir=scratch) as tmp:
@@ -260,6 +282,30 @@ def run_worker(
         else:
             report(metrics, None)
     return metrics
+
+
+def _signal_probe(cfg: TrainConfig, worker: WorkerInfo) -> RungSignalProbe | None:
+    """The rung-signal subset of this run on rank 0 (the signals go into rank 0's report); ``None`` when off."""
+    if not cfg.signals.enabled or worker.rank != 0:
+        return None
+    return RungSignalProbe.load(cfg.signals, norm=cfg.data.norm, num_samples=cfg.model.ecg.num_samples)
+
+
+def _rung_signals(
+    probe: RungSignalProbe | None, model: torch.nn.Module, cfg: TrainConfig, epoch: int, epoch_s: float,
+    device: torch.device,
+) -> dict[str, float]:  # fmt: skip
+    """Rung signals after ``epoch`` (1-based) when due, with their cost as a fraction of the epoch's train+val time.
+
+    Between rungs the signals are NaN: Tune wants a scheduler's metric in every report, and neither
+    ASHA (which reads only rung epochs) nor the Optuna searcher (which skips non-finite values) uses them.
+    """
+    if probe is None:
+        return {}
+    if not cfg.signals.due(epoch, cfg.optim.epochs):
+        return dict.fromkeys(SIGNAL_METRICS, math.nan)
+    values = probe.compute(unwrap(model), device, autocast_dtype(cfg.optim.precision, device))
+    return {**values, "rung_signals_frac": values["rung_signals_s"] / max(epoch_s, 1e-9)}
 
 
 def _trainable_state(model: DERI, has_tower: bool) -> dict[str, torch.Tensor]:

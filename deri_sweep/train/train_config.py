@@ -11,6 +11,7 @@ from typing import Literal
 
 from deri_sweep.common.strict_loader import ConfigError
 from deri_sweep.model.config import ModelConfig
+from deri_sweep.train.rung_signals import RungSignalConfig
 
 
 @dataclass
@@ -79,6 +80,7 @@ class TrainConfig:
         seed: global seed (each worker and epoch derives its own from it).
         report_every_steps: also report losses every N steps (0: epochs only).
         max_steps_per_epoch: cut epochs short (0: full epochs), for smoke runs.
+        signals: rung signals (probe AUROC, RankMe) on a fixed probe subset; off without ``signals.cache``.
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -87,3 +89,4 @@ class TrainConfig:
     seed: int = 42
     report_every_steps: int = 0
     max_steps_per_epoch: int = 0
+    signals: RungSignalConfig = field(default_factory=RungSignalConfig)
