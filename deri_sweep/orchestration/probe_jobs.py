@@ -9,12 +9,18 @@ generation when planned. Ray orders them; nothing here blocks until
 :func:`collect` is called (from a trial's own driver, never from Tune's event
 loop). A task that fails is retried, then recorded as failed, one row per head
 it stood for: never lost.
+
+Every task asks for :class:`ProbeResources` (``probes.cpus`` whole CPUs and a ``probes.gpus``
+fraction of a GPU): feature extraction, zero-shot and report generation compute on the task's
+GPU when it has one (the linear heads stay on the CPU), and each task records its node in
+``RUN_DIR/placement/probe-*.json`` (its start, end and GPU share: the probing GPU-hours).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +29,9 @@ import numpy as np
 import pandas as pd
 import ray
 
-from deri_sweep.orchestration.spaces import ProbePlan
+from deri_sweep.orchestration.resources import probe_request
+from deri_sweep.orchestration.runtime import record_placement, task_device
+from deri_sweep.orchestration.spaces import ProbePlan, SearchSpace
 
 log = logging.getLogger(__name__)
 
@@ -37,45 +45,103 @@ class ProbeResources:
     num_cpus: float = 0.25
     num_gpus: float = 0.0
 
+    @classmethod
+    def of(cls, space: SearchSpace) -> ProbeResources:
+        """A space's probe request (:func:`~deri_sweep.orchestration.resources.probe_request`)."""
+        return cls(**probe_request(space))
 
-def _extract(checkpoint: str, cache_dir: str, feature: str, feature_root: str, floor_seed: int | None) -> np.ndarray:
-    """Ray task: the checkpoint's features of a cache, or (``floor_seed``) its random-init floor's."""
+
+@dataclass(frozen=True)
+class Trace:
+    """Where probe tasks record their placement: the run directory (empty: nowhere) and the trial."""
+
+    run_dir: str = ""
+    trial: str = ""
+
+    def record(self, what: str, task: str, started: float, gpus: float) -> None:
+        """Record the calling task's node, its start and end (now) and its GPU share."""
+        record_placement(self.run_dir, "probe", trial=self.trial, eval=what, task=task, started=started, gpus=gpus)
+
+
+def _extract(
+    checkpoint: str, cache_dir: str, feature: str, feature_root: str, floor_seed: int | None,
+    trace: Trace = Trace(), gpus: float = 0.0,
+) -> np.ndarray:  # fmt: skip
+    """Ray task: the checkpoint's features of a cache, or (``floor_seed``) its random-init floor's, on its device."""
     from deri_sweep.evaluate.features import RandomInit, cached_features
 
+    started = time.time()
     source: Any = checkpoint
     if floor_seed is not None:  # the floor needs only the checkpoint's config, never its weights
         source = RandomInit(floor_seed, *_train_config(checkpoint))
-    return cached_features(source, cache_dir, feature, feature_root, progress=False)
+    out = cached_features(source, cache_dir, feature, feature_root, device=task_device(), progress=False)
+    trace.record("features", Path(cache_dir).name + ("/random_init" if floor_seed is not None else ""), started, gpus)
+    return out
 
 
 def _linear_probe(
-    features: np.ndarray, cache_dir: str, label_set: str, fractions: list[float], seeds: list[int], epochs: int
-) -> pd.DataFrame:
-    """Ray task: every (fraction, seed) head of one task, trained together on the shared features."""
+    features: np.ndarray, cache_dir: str, label_set: str, fractions: list[float], seeds: list[int], epochs: int,
+    trace: Trace = Trace(), gpus: float = 0.0,
+) -> pd.DataFrame:  # fmt: skip
+    """Ray task: every (fraction, seed) head of one task, trained together on the shared features (on the CPU)."""
     from deri_sweep.data.cache import SignalCache
     from deri_sweep.evaluate import ProbeConfig
     from deri_sweep.evaluate.probe_tasks import run_linear_probes, tasks_of_cache
 
+    started = time.time()
     cache = SignalCache.open(cache_dir)
     task = next(t for t in tasks_of_cache(cache) if t.label_set == label_set)
-    return run_linear_probes(features, cache, task, fractions, seeds, ProbeConfig(epochs=epochs))
+    out = run_linear_probes(features, cache, task, fractions, seeds, ProbeConfig(epochs=epochs))
+    trace.record("linear_probe", task.name, started, gpus)
+    return out
 
 
-def _zero_shot(features: np.ndarray, checkpoint: str, cache_dir: str, label_set: str) -> pd.DataFrame:
+def _reference_probe(
+    checkpoint: str, cache_dir: str, label_set: str, fractions: list[float], seeds: list[int], epochs: int,
+    feature: str, trace: Trace = Trace(), gpus: float = 0.0,
+) -> pd.DataFrame:  # fmt: skip
+    """Ray task: the authors' probe protocol (``probes.protocol: reference``) on the checkpoint's encoder (CPU)."""
+    from deri_sweep.data.cache import SignalCache
+    from deri_sweep.evaluate.pretrained import load_pretrained
+    from deri_sweep.evaluate.probe_tasks import tasks_of_cache
+    from deri_sweep.evaluate.reference_probe import ReferenceProbeConfig, run_reference_probes
+
+    started = time.time()
+    model, _ = load_pretrained(checkpoint)
+    config, _ = _train_config(checkpoint)
+    cache = SignalCache.open(cache_dir)
+    task = next(t for t in tasks_of_cache(cache) if t.label_set == label_set)
+    out = run_reference_probes(
+        model, cache, task, fractions, seeds, feature, config.data.norm, ReferenceProbeConfig(epochs=epochs)
+    )
+    trace.record("linear_probe_reference", task.name, started, gpus)
+    return out
+
+
+def _zero_shot(
+    features: np.ndarray, checkpoint: str, cache_dir: str, label_set: str, trace: Trace = Trace(), gpus: float = 0.0
+) -> pd.DataFrame:
+    """Ray task: zero-shot AUROC of one task; the text tower encodes the prompts on the task's device."""
     from deri_sweep.data.cache import SignalCache
     from deri_sweep.evaluate.pretrained import load_pretrained
     from deri_sweep.evaluate.probe_tasks import tasks_of_cache
     from deri_sweep.evaluate.zero_shot import zero_shot_task
 
+    started = time.time()
     model, _ = load_pretrained(checkpoint, with_text_tower=True)
+    model.to(task_device())
     cache = SignalCache.open(cache_dir)
     task = next(t for t in tasks_of_cache(cache) if t.label_set == label_set)
-    return zero_shot_task(model, features, cache, task)
+    out = zero_shot_task(model, features, cache, task)
+    trace.record("zero_shot", task.name, started, gpus)
+    return out
 
 
 def _report_generation(
-    features: np.ndarray, cache_dir: str, task: str, decoder: str, epochs: int, n_samples: int, samples_path: str
-) -> pd.DataFrame:
+    features: np.ndarray, cache_dir: str, task: str, decoder: str, epochs: int, n_samples: int, samples_path: str,
+    trace: Trace = Trace(), gpus: float = 0.0,
+) -> pd.DataFrame:  # fmt: skip
+    """Ray task: fine-tune the report decoder on frozen features (on the task's device) and score it."""
     import json
 
     from deri_sweep.common.storage import atomic_write_text
@@ -83,8 +149,12 @@ def _report_generation(
     from deri_sweep.evaluate.report_generation import ReportGenConfig, run_report_generation
     from deri_sweep.model.config import ReportDecoderConfig
 
-    config = ReportGenConfig(decoder=ReportDecoderConfig(name=decoder), epochs=epochs, n_samples=n_samples)
+    started = time.time()
+    config = ReportGenConfig(
+        decoder=ReportDecoderConfig(name=decoder), epochs=epochs, n_samples=n_samples, device=task_device()
+    )
     metrics, samples = run_report_generation(features, SignalCache.open(cache_dir), config)
+    trace.record("report_generation", task, started, gpus)
     if samples and samples_path:
         Path(samples_path).parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(Path(samples_path), json.dumps(samples, indent=2))
@@ -140,6 +210,7 @@ def probe_suite(
     samples_dir: str | Path | None = None,
     random_floor: bool | None = None,
     floor_seed: int = 0,
+    trace: Trace | None = None,
 ) -> list[Pending]:
     """Submit every probe of ``plan`` for one checkpoint (and the random-init floor).
 
@@ -153,6 +224,7 @@ def probe_suite(
         random_floor: evaluate the random-init floor too (default ``plan.random_floor``).
         floor_seed: weight seed of the floor (the trial's pretraining seed, so that the floor
             pairs with the pretrained encoder seed by seed).
+        trace: where each task records its node (default: nowhere).
 
     Returns:
         Pending tasks; pass them to :func:`collect`.
@@ -161,6 +233,7 @@ def probe_suite(
     from deri_sweep.evaluate.probe_tasks import tasks_of_cache
 
     res = resources or ProbeResources()
+    where = (trace or Trace(), res.num_gpus)
     # "DEFAULT" scheduling: probes take their own resources, outside the calling trial's placement group
     opts = {
         "num_cpus": res.num_cpus, "num_gpus": res.num_gpus, "max_retries": RETRIES, "retry_exceptions": True,
@@ -170,6 +243,7 @@ def probe_suite(
     probe = ray.remote(_linear_probe).options(**opts)
     zero_shot = ray.remote(_zero_shot).options(**opts)
     report_gen = ray.remote(_report_generation).options(**opts)
+    reference = ray.remote(_reference_probe).options(**opts)
     checkpoint = str(checkpoint)
     encoders: dict[str, int | None] = {"pretrained": None}  # encoder -> the floor's weight seed (None: trained)
     if plan.random_floor if random_floor is None else random_floor:
@@ -190,18 +264,22 @@ def probe_suite(
         tasks = [t for t in tasks_of_cache(cache) if not plan.tasks or t.name in plan.tasks]
         has_reports = bool((cache.index["report_id"] >= 0).any())
         for encoder, seed_of_floor in encoders.items():
-            features = extract.remote(checkpoint, cache_dir, plan.feature, str(feature_root), seed_of_floor)
+            features = extract.remote(checkpoint, cache_dir, plan.feature, str(feature_root), seed_of_floor, *where)
             for task in tasks:
-                ref = probe.remote(features, cache_dir, task.label_set, fractions, seeds, plan.epochs)
+                ref = probe.remote(features, cache_dir, task.label_set, fractions, seeds, plan.epochs, *where)
                 pending.append(Pending(ref, encoder, task.name, "linear_probe", heads, probed))
+                if getattr(plan, "protocol", "selected") == "reference" and encoder == "pretrained":
+                    ref = reference.remote(checkpoint, cache_dir, task.label_set, fractions, seeds, plan.epochs,
+                                           plan.feature, *where)  # fmt: skip
+                    pending.append(Pending(ref, encoder, task.name, "linear_probe_reference", heads, probed))
                 if plan.zero_shot and encoder == "pretrained" and plan.feature == "mix":
-                    ref = zero_shot.remote(features, checkpoint, cache_dir, task.label_set)
+                    ref = zero_shot.remote(features, checkpoint, cache_dir, task.label_set, *where)
                     pending.append(Pending(ref, encoder, task.name, "zero_shot", NO_HEAD, probed))
             if plan.report_generation and encoder == "pretrained" and has_reports:
                 name = f"{dataset}_report"
                 samples = str(Path(samples_dir) / f"{name}_samples.json") if samples_dir and plan.report_samples else ""
                 ref = report_gen.remote(features, cache_dir, name, plan.report_decoder, plan.report_epochs,
-                                        plan.report_samples, samples)  # fmt: skip
+                                        plan.report_samples, samples, *where)  # fmt: skip
                 pending.append(Pending(ref, encoder, name, "report_generation", NO_HEAD, probed))
     return pending
 

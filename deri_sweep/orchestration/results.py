@@ -204,3 +204,85 @@ def sweep_timing(run_dir: str | Path, stages: dict[str, float]) -> dict[str, flo
         trial_probes_s=round(sum(float(t.get("probe_seconds", 0.0)) for t in summaries), 1),
     )
     return out
+
+
+def placement_records(run_dir: str | Path) -> list[dict[str, Any]]:
+    """Every placement record of a run (``RUN_DIR/placement/*.json``: build, stage, train_worker, probe tasks)."""
+    records = []
+    for path in sorted((Path(run_dir) / "placement").glob("*.json")):
+        try:
+            records.append(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            continue  # a record being written
+    return sorted(records, key=lambda r: float(r.get("time", 0.0)))
+
+
+def trial_placement(run_dir: str | Path, name: str, trial_id: str | None = None) -> dict[str, Any]:
+    """Where one trial's work ran: node per Train worker rank (its last start) and, given ``trial_id``, per probe task.
+
+    Returns:
+        ``{"workers": [{"rank", "node_id", "gpu_ids"}], "nodes": [distinct worker nodes],
+        "probes": [{"eval", "task", "node_id", "gpu_ids", "gpus", "seconds"}]}``.
+    """
+    workers: dict[int, dict[str, Any]] = {}
+    probes = []
+    for r in placement_records(run_dir):
+        if r.get("kind") == "train_worker" and r.get("trial") == name:
+            workers[int(r["rank"])] = {"rank": int(r["rank"]), "node_id": r["node_id"], "gpu_ids": r["gpu_ids"]}
+        elif r.get("kind") == "probe" and trial_id is not None and r.get("trial") == trial_id:
+            probes.append({k: r.get(k) for k in ("eval", "task", "node_id", "gpu_ids", "gpus")}
+                          | {"seconds": round(float(r["time"]) - float(r["started"]), 3)})  # fmt: skip
+    ordered = [workers[k] for k in sorted(workers)]
+    return {"workers": ordered, "nodes": sorted({w["node_id"] for w in ordered}), "probes": probes}
+
+
+def trial_gpu_hours(summary: dict[str, Any]) -> dict[str, float]:
+    """Where one trial's GPU time went, from its ``trial.json``: training, probing, idle-but-held.
+
+    ``training`` is its GPUs x the seconds inside the epochs; ``probing`` sums each probe task's GPU
+    share x its seconds; ``idle_held`` is what the trial kept from the cluster without training on
+    it: its GPUs x the span it held them minus ``training``. The span is from its training slot to
+    the end of its fit (worker-group start, staging, checkpoints) when GPUs are held only while it
+    fits (``gpu_slot: fit``), and its whole life, probing included, when the sweep caps trials in
+    flight at the GPU count (``gpu_slot: trial``: its Tune slot is its GPUs' share).
+    """
+    gpus = float(summary.get("gpus", 0.0))
+    line = summary.get("timeline", {})
+    training = gpus * float(summary.get("train_seconds", 0.0))
+    probing = sum(
+        float(p.get("gpus") or 0.0) * float(p["seconds"]) for p in summary.get("placement", {}).get("probes", [])
+    )
+    if summary.get("gpu_slot") == "trial":
+        span = float(line.get("probe_end", line.get("fit_end", 0.0))) - float(line.get("driver_start", 0.0))
+    else:
+        span = float(line.get("fit_end", 0.0)) - float(line.get("slot", line.get("fit_start", 0.0)))
+    idle = max(0.0, gpus * span - training) if line else 0.0
+    return {"training": training / 3600, "probing": probing / 3600, "idle_held": idle / 3600}
+
+
+def sweep_gpu_hours(run_dir: str | Path) -> dict[str, Any]:
+    """GPU-hours per trial (training, probing, idle-but-held) and their totals, for ``sweep.json`` and the summary."""
+    per_trial = {}
+    for path in sorted(Path(run_dir).glob("trials/*/trial.json")):
+        try:
+            summary = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        per_trial[summary.get("trial_id", path.parent.name)] = {
+            k: round(v, 6) for k, v in trial_gpu_hours(summary).items()
+        }
+    total = {k: round(sum(t[k] for t in per_trial.values()), 6) for k in ("training", "probing", "idle_held")}
+    return {"per_trial": per_trial, "total": total}
+
+
+def write_placement(run_dir: str | Path) -> Path | None:
+    """``RUN_DIR/placement.csv``: one row per placed task (kind, trial, rank, eval, task, node, GPU ids, times)."""
+    records = placement_records(run_dir)
+    if not records:
+        return None
+    columns = ["time", "kind", "trial", "rank", "eval", "task", "node_id", "gpu_ids", "device", "started", "reason"]
+    frame = pd.DataFrame([{c: r.get(c, "") for c in columns} for r in records], columns=columns)
+    frame["gpu_ids"] = frame["gpu_ids"].map(lambda ids: ",".join(ids) if isinstance(ids, list) else ids)
+    path = Path(run_dir) / "placement.csv"
+    atomic_write_text(path, frame.to_csv(index=False))
+    return path

@@ -96,3 +96,64 @@ def _shutdown_and_remove(private: Path) -> None:
 
     ray.shutdown()
     shutil.rmtree(private, ignore_errors=True)
+
+
+#: set to ``1`` on every node of a simulated GPU cluster (tests, CI): Ray schedules the GPUs the nodes
+#: declare, but Train workers use gloo and CPU tensors, and tasks that hold a GPU compute on the CPU
+SIMULATED_GPUS_ENV = "DERI_SIMULATED_GPUS"
+
+
+def simulated_gpus() -> bool:
+    """True on a simulated GPU cluster (``DERI_SIMULATED_GPUS=1``): GPUs are Ray resources only."""
+    return os.environ.get(SIMULATED_GPUS_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def task_device() -> str:
+    """Where a Ray task or actor computes: ``cuda`` when Ray gave it a GPU (and one is really there), else ``cpu``."""
+    import ray
+
+    if simulated_gpus() or not ray.get_gpu_ids():
+        return "cpu"
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def placement(kind: str, **extra: Any) -> dict[str, Any]:
+    """Where the calling Ray task / actor runs: ``{"kind", "node_id", "gpu_ids", "device", "time", ...}``."""
+    import time
+
+    import ray
+
+    context = ray.get_runtime_context()
+    return {
+        "kind": kind,
+        "node_id": context.get_node_id(),
+        "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+        "device": task_device(),
+        "time": time.time(),
+        **extra,
+    }
+
+
+#: folder of a run directory holding one JSON file per placed task (``results.placement_table`` reads them)
+PLACEMENT_DIR = "placement"
+
+
+def record_placement(run_dir: str | Path | None, kind: str, **extra: Any) -> dict[str, Any]:
+    """Write where the calling task runs to ``RUN_DIR/placement/<kind>-<uuid>.json`` (nothing without ``run_dir``).
+
+    Returns:
+        The record (see :func:`placement`).
+    """
+    import json
+    import uuid
+
+    from deri_sweep.common.storage import atomic_write_text
+
+    record = placement(kind, **extra)
+    if run_dir:
+        folder = Path(run_dir) / PLACEMENT_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(folder / f"{kind}-{uuid.uuid4().hex[:12]}.json", json.dumps(record, default=str))
+    return record

