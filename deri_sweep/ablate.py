@@ -22,10 +22,11 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from deri_sweep.common.cli_args import name_dirs
 from deri_sweep.common.strict_loader import ConfigError, from_dict, parse_override, to_dict
-from deri_sweep.orchestration.results import sweep_timing
+from deri_sweep.orchestration.results import sweep_gpu_hours, sweep_timing, write_placement
 from deri_sweep.orchestration.spaces import SearchSpace, WorkspaceSpec, load_space, space_file
 
 log = logging.getLogger("deri_sweep.ablate")
@@ -70,9 +71,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--budget-gpu-hours", type=float, default=math.inf,
                    help="start no new trial once trials used this many GPU-hours (CPU-hours on CPU)")  # fmt: skip
-    p.add_argument("--concurrency", type=int, help="max concurrent trials (default: what the cluster fits)")
+    p.add_argument("--concurrency", type=int,
+                   help="trials training at once (default: what the cluster fits, at its reach when it is at rest); "
+                        "finished trials probe beside them")  # fmt: skip
+    p.add_argument(
+        "--max-gpu-nodes",
+        type=int,
+        help="GPU nodes the autoscaler may start (sizes the default --concurrency on a cluster at rest)",
+    )
+    p.add_argument("--cluster-config", type=Path,
+                   help="the Ray cluster YAML (clusters/*.yaml): its GPU node types' max_workers give the GPUs "
+                        "a cluster at rest can reach")  # fmt: skip
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a new local Ray)")
     p.add_argument("--no-report", action="store_true", help="skip building tables/ and report.html")
+    p.add_argument("--verbose", action="store_true",
+                   help="print Ray's and Tune's own output (worker logs, Tune's status table) here instead of "
+                        "into RUN_DIR/ablate.log")  # fmt: skip
     p.add_argument("--dry-run", action="store_true",
                    help="resolve and check every trial (config, towers, probe feature, resources), print the plan "
                         "and exit: no Ray, no data written, seconds")  # fmt: skip
@@ -242,9 +256,31 @@ def main(argv: list[str] | None = None) -> int:
         args.dry_run = True
     if args.dry_run:
         return dry_run(args)
+    from deri_sweep.orchestration.console import Console
+
+    console = Console(verbose=args.verbose)
+    try:
+        return _run(args, console)
+    except BaseException:
+        if console.log_file is not None:  # the traceback follows on the console; the log holds Ray's side
+            console.error(f"the run stopped; Ray's and Tune's output so far: {console.log_file}")
+        console.release(keep_temporary=True)
+        raise
+    finally:
+        if "ray" in sys.modules:  # Ray's log streaming stops before the console gets stdout back
+            import ray
+
+            if ray.is_initialized():
+                ray.shutdown()
+        console.release()  # a traceback raised from here reaches the person, not the log
+
+
+def _run(args: argparse.Namespace, console: Any) -> int:
+    """The run behind :func:`main`: our lines on ``console``, Ray's and Tune's output in the run's log."""
     from deri_sweep.common.storage import StorageError, check_writable
     from deri_sweep.data.cache import CacheError
     from deri_sweep.data.readers import DatasetError
+    from deri_sweep.orchestration.console import LOG_NAME
     from deri_sweep.orchestration.dry_run import tower_warnings, towers_summary
 
     started = time.perf_counter()
@@ -254,7 +290,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.resume and not (run_dir / "sweep.json").exists():
             raise ConfigError(f"--resume: {run_dir} holds no sweep (no sweep.json); pass the --out of the sweep")
         trackers = _trackers(args.tracker)
-        caches = _caches(args, space.workspace)
+        console.capture()  # the data stage's progress bars and logs: into the run's log (a temporary file until then)
+        with console.stage("data") as stage:
+            caches = _caches(args, space.workspace)
+            stage["detail"] = (
+                "caches "
+                + ", ".join(sorted(caches))
+                + ("" if args.caches else f" in {args.data_dir / space.workspace.folder}")
+            )
         if "mimic" not in caches:
             raise ConfigError("--caches needs mimic=DIR (the pretraining cache)")
         space = dataclasses.replace(space, base={**space.base, "data.cache": str(caches["mimic"])})
@@ -265,16 +308,31 @@ def main(argv: list[str] | None = None) -> int:
         if args.storage and "://" not in args.storage:
             check_writable(args.storage, what="checkpoint storage", min_free_gb=args.min_free_gb, hint=hint)
     except (ConfigError, CacheError, DatasetError, StorageError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        console.error(f"error: {exc}")
         return 2
 
     from deri_sweep.common.provenance import git_commit
     from deri_sweep.common.storage import atomic_write_text
+    from deri_sweep.orchestration.console import SweepProgress, failure_cause
+    from deri_sweep.orchestration.results import FINAL_REPORT_KEY
     from deri_sweep.orchestration.runtime import init_ray
-    from deri_sweep.orchestration.sweep import prebuild_text_features, run_sweep, stage_pretraining_caches
+    from deri_sweep.orchestration.sweep import (
+        cluster_gpu_capacity,
+        prebuild_text_features,
+        run_sweep,
+        stage_pretraining_caches,
+    )
     from deri_sweep.orchestration.wrapup import finish_run
 
     run_dir.mkdir(parents=True, exist_ok=True)
+    console.move_log(run_dir / LOG_NAME)
+    variants = len({r.variant for r in records})
+    console.line(f"{'run':<14s}{len(records):>6d} trials  {space.name}: {variants} variant(s) x "
+                 f"{len({r.seed for r in records})} seed(s) -> {run_dir}")  # fmt: skip
+    if args.verbose:
+        console.line(f"{'':<22s}--verbose: Ray's and Tune's own output follows")
+    else:
+        console.line(f"{'':<22s}Ray's and Tune's own output: {run_dir / LOG_NAME} (--verbose prints it here)")
     meta_file = run_dir / "sweep.json"
     meta = json.loads(meta_file.read_text()) if args.resume else {
         "run_id": run_dir.name, "space": space.name, "baseline_variant": space.baseline, "metric": space.metric,
@@ -286,49 +344,77 @@ def main(argv: list[str] | None = None) -> int:
     }  # fmt: skip
     atomic_write_text(meta_file, json.dumps(meta, indent=2))
     timing = {"data_s": time.perf_counter() - started}
-    mark = time.perf_counter()
-    init_ray(args.address)
-    timing["ray_start_s"] = time.perf_counter() - mark
+    with console.stage("Ray") as stage:
+        init_ray(args.address)
+        import ray
+
+        stage["detail"] = f"{args.address or os.environ.get('RAY_ADDRESS') or 'local'}, " + ", ".join(
+            f"{v:g} {k}" for k, v in sorted(ray.cluster_resources().items()) if k in ("CPU", "GPU")
+        )
+    timing["ray_start_s"] = stage["seconds"]
     warnings = _cluster_warnings(space, records) or tower_warnings(space, records)
     for line in warnings:
         log.warning(line)
+        console.line(f"WARNING: {line}")
     optuna_url = args.optuna_storage or f"sqlite:///{run_dir / 'optuna.db'}"
-    timing["text_features_s"] = prebuild_text_features(space)  # once for all trials (run_sweep would too)
-    timing["stage_s"] = 0.0 if args.no_stage else stage_pretraining_caches(space)
-    mark = time.perf_counter()
-    grid = run_sweep(
-        space, run_dir, caches, run_id=meta["run_id"], optuna_storage=optuna_url, storage=args.storage,
-        budget_hours=args.budget_gpu_hours, resume=args.resume, concurrency=args.concurrency,
-        stage=not args.no_stage, trackers=trackers,
-    )  # fmt: skip
-    timing["sweep_s"] = time.perf_counter() - mark
-    mark = time.perf_counter()
-    paths = finish_run(run_dir, meta["run_id"], optuna_url if space.search == "optuna" else None)
-    timing["tables_s"] = time.perf_counter() - mark
-    mark = time.perf_counter()
-    if not args.no_report:
-        from analysis.report import build_report
+    with console.stage("text features") as stage:
+        timing["text_features_s"] = prebuild_text_features(space, str(run_dir))  # once (run_sweep would too)
+        stage["detail"] = "built once for every trial" if timing["text_features_s"] else "already built"
+    with console.stage("staging") as stage:
+        timing["stage_s"] = 0.0 if args.no_stage else stage_pretraining_caches(space, str(run_dir))
+        stage["detail"] = "off (--no-stage)" if args.no_stage else "pretraining cache on every node with a local disk"
+    epochs = int(space.train_config({}, space.seeds[0]).optim.epochs)
+    progress = SweepProgress(console, len(records), epochs, FINAL_REPORT_KEY, space.metric)
+    with console.stage("sweep") as stage:
+        grid = run_sweep(
+            space, run_dir, caches, run_id=meta["run_id"], optuna_storage=optuna_url, storage=args.storage,
+            budget_hours=args.budget_gpu_hours, resume=args.resume, concurrency=args.concurrency,
+            stage=not args.no_stage, trackers=trackers,
+            capacity=cluster_gpu_capacity(args.cluster_config, args.max_gpu_nodes),
+            callbacks=[progress], verbose=1 if args.verbose else 0,
+        )  # fmt: skip
+        errors = [r for r in grid if r.error is not None]
+        stage["detail"] = f"{len(grid)} trials, {len(errors)} failed"
+    timing["sweep_s"] = stage["seconds"]
+    with console.stage("tables") as stage:
+        paths = finish_run(run_dir, meta["run_id"], optuna_url if space.search == "optuna" else None)
+        stage["detail"] = str(paths["comparison_md"]) if "comparison_md" in paths else ""
+    timing["tables_s"] = stage["seconds"]
+    with console.stage("report") as stage:
+        if not args.no_report:
+            from analysis.report import build_report
 
-        paths.update(build_report(run_dir))
-    timing["report_s"] = time.perf_counter() - mark
+            paths.update(build_report(run_dir))
+        stage["detail"] = "off (--no-report)" if args.no_report else str(paths.get("report", ""))
+    timing["report_s"] = stage["seconds"]
     timing["total_s"] = time.perf_counter() - started
-    meta.update(timing=sweep_timing(run_dir, timing), warnings=warnings)
+    meta.update(timing=sweep_timing(run_dir, timing), warnings=warnings, gpu_hours=sweep_gpu_hours(run_dir))
+    write_placement(run_dir)
     atomic_write_text(meta_file, json.dumps(meta, indent=2))
-    errors = [r for r in grid if r.error is not None]
-    print(f"\nsweep {meta['run_id']}: {len(grid)} trials ({len(errors)} failed) in {run_dir}")
+    say = console.line
+    say(f"\nsweep {meta['run_id']}: {len(grid)} trials ({len(errors)} failed) in {run_dir}")
     for line in warnings:
-        print(f"  WARNING: {line}")
+        say(f"  WARNING: {line}")
     spent = {k.removesuffix("_s"): v for k, v in meta["timing"].items() if k.endswith("_s")}
-    print("  time (s; trial_* summed over trials): " + ", ".join(f"{k} {v:.0f}" for k, v in spent.items()))
-    for r in errors:
-        cause = [line for line in str(r.error).splitlines() if line.strip()]
-        print(f"  failed: {Path(r.path).name}: {cause[-1][:300] if cause else type(r.error).__name__}")
+    say("  time (s; trial_* summed over trials): " + ", ".join(f"{k} {v:.0f}" for k, v in spent.items()))
+    if meta["gpu_hours"]["per_trial"] and space.trial.gpus_per_worker > 0:
+        total = meta["gpu_hours"]["total"]
+        say(
+            f"  GPU-hours: training {total['training']:.3f}, probing {total['probing']:.3f}, idle but held "
+            f"{total['idle_held']:.3f} (per trial: sweep.json gpu_hours; where each task ran: placement.csv)"
+        )
+    for r in errors:  # the whole error, on the console: a failure must not hide in the log
+        text = str(r.error).strip()
+        say(f"  failed: {Path(r.path).name}: {failure_cause(text) if text else type(r.error).__name__}")
+        say("    " + "\n    ".join(text.splitlines()[-25:]))
     for name in ("results", "trials", "report", "comparison_md"):
         if name in paths:
-            print(f"  {name:14s} {paths[name]}")
-    print("\nbrowse it:")
+            say(f"  {name:14s} {paths[name]}")
+    say("\nbrowse it:")
     for line in dashboard_commands(run_dir, optuna_url if space.search == "optuna" else None, trackers):
-        print(f"  {line}")
+        say(f"  {line}")
+    if console.log_file is not None:
+        say(f"  Ray and Tune    {console.log_file}")
     return 0
 
 

@@ -93,7 +93,7 @@ def test_the_smoke_sweep_submitted_as_a_job_writes_its_results(head, short_cache
             "probes.zero_shot=false", "probes.random_floor=false"]  # fmt: skip
     submit = subprocess.run(
         [RAY, "job", "submit", "--address", address, "--working-dir", str(REPO), "--",
-         "python", "-m", "deri_sweep.ablate", "--space", "smoke", "--out", str(out), "--no-report",
+         "python", "-m", "deri_sweep.ablate", "--space", "smoke", "--out", str(out), "--no-report", "--verbose",
          "--min-free-gb", "0", "--seeds", "42", "--caches", *[f"{k}={v}" for k, v in short_caches.items()],
          *[f"--set={s}" for s in tiny]],
         env=env, capture_output=True, text=True, timeout=900, cwd=tmp_path,
@@ -101,6 +101,10 @@ def test_the_smoke_sweep_submitted_as_a_job_writes_its_results(head, short_cache
     assert submit.returncode == 0, (submit.stdout + submit.stderr)[-4000:]
     assert "succeeded" in submit.stdout.lower(), submit.stdout[-3000:]
     assert "sweep" in submit.stdout and "2 trials (0 failed)" in submit.stdout  # the job's log streamed back
+    # the job log is the console: our stage and trial lines, and with --verbose Ray's own output (no separate log)
+    for line in ("staging", "full-s42 finished", "merl_like-s42 started"):
+        assert line in submit.stdout, submit.stdout[-3000:]
+    assert "RayTrainWorker" in submit.stdout and not (out / "ablate.log").exists()
     trials = pd.read_parquet(out / "trials.parquet")
     assert set(trials["variant"]) == {"full", "merl_like"} and (trials["epochs"] >= 1).all()
     results = pd.read_parquet(out / "results.parquet")

@@ -156,7 +156,8 @@ def test_each_node_stages_once_a_corrupt_copy_is_redone_and_trials_read_their_no
             )  # fmt: skip
         finally:
             cluster.shutdown()
-    output = run.stdout + run.stderr
+    log_file = tmp_path / "run" / "ablate.log"  # Ray's and the workers' lines (the console keeps ours)
+    output = run.stdout + run.stderr + (log_file.read_text() if log_file.exists() else "")
     assert run.returncode == 0, output[-4000:]
     copies = [stage_path(source, disk) for disk in disks]
     for copy in copies:  # one verified copy on each node's own disk, equal to the shared cache

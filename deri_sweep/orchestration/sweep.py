@@ -44,7 +44,7 @@ from deri_sweep.orchestration.searchers import (
 from deri_sweep.orchestration.spaces import SearchSpace, define_by_run
 from deri_sweep.orchestration.trackers import tracker_callbacks, trial_name
 from deri_sweep.orchestration.trainer import scratch_dir
-from deri_sweep.orchestration.trial import SweepContext, TrainingSlots, trial_driver
+from deri_sweep.orchestration.trial import SlotReleaser, SweepContext, TrainingSlots, trial_driver
 from deri_sweep.train.recipe import remove_stale_checkpoint_dirs
 from deri_sweep.train.train_config import TrainConfig
 
@@ -322,6 +322,8 @@ def run_sweep(
             reduction_factor=space.scheduler.reduction_factor,
         )  # fmt: skip
     callbacks = [*tracker_callbacks(trackers or [], space, run_dir, run_id), *(callbacks or [])]
+    if slots:
+        callbacks.append(SlotReleaser(actor))
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(

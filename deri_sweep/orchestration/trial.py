@@ -104,6 +104,31 @@ class TrainingSlots:
             self.changed.notify_all()
 
 
+class SlotReleaser(tune.Callback):
+    """Gives a trial's training slot back when Tune ends the trial, whatever ended it.
+
+    A trial the scheduler stops (ASHA), or whose actor dies, never runs the ``finally`` of
+    :func:`trial_driver`; without this its slot would stay taken and the sweep would wait forever.
+    """
+
+    def __init__(self, slots: Any) -> None:
+        self.slots = slots  # the TrainingSlots actor handle
+
+    def _release(self, trial: Any) -> None:
+        try:
+            self.slots.release.remote(trial.trial_id)
+        except Exception as err:  # the sweep is ending: nothing waits for a slot any more
+            log.warning("could not give trial %s's training slot back: %s", trial.trial_id, err)
+
+    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        """A finished or stopped trial."""
+        self._release(trial)
+
+    def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        """A failed trial (a retried one takes its slot again under the same id)."""
+        self._release(trial)
+
+
 def _objective(space: SearchSpace, metrics: dict[str, Any], probes: pd.DataFrame | None) -> float:
     """The trial's objective: the pretraining metric, or mean val macro AUROC of its probes."""
     if space.objective == "pretrain" or probes is None or probes.empty:
