@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -85,3 +85,13 @@ def ray_start_env(env: dict[str, str], temp_dir: str) -> dict[str, str]:
     from deri_sweep.orchestration.runtime import LOCAL_TRAIN_ENV
 
     return {**env, **LOCAL_TRAIN_ENV, "TMPDIR": temp_dir}
+
+
+def rewrite_checksums(hea: Path, digital: Any) -> None:
+    """Write the checksums of ``digital`` (N, L) into a format-16 header, as a tool editing the samples would."""
+    lines = hea.read_text().splitlines()
+    for i, total in enumerate(digital.astype("int64").sum(axis=0)):
+        tokens = lines[1 + i].split(" ")
+        tokens[6] = str(int(total) % 65536)
+        lines[1 + i] = " ".join(tokens)
+    hea.write_text("\n".join(lines) + "\n")

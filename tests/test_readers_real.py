@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import scipy.io
 import wfdb
+from helpers import rewrite_checksums
 from scipy.signal import resample, resample_poly
 
 from deri_sweep.data.readers import READERS, DatasetError, open_reader
@@ -35,16 +36,6 @@ def _copy(src: Path, dst_dir: Path, name: str | None = None) -> Path:
     target = dst_dir / (name or src.name)
     shutil.copyfile(src, target)
     return target
-
-
-def _resum(hea: Path, digital: np.ndarray) -> None:
-    """Write the checksums of ``digital`` (N, L) into a format-16 header, as a tool editing the samples would."""
-    lines = hea.read_text().splitlines()
-    for i, total in enumerate(digital.astype(np.int64).sum(axis=0)):
-        tokens = lines[1 + i].split(" ")
-        tokens[6] = str(int(total) % 65536)
-        lines[1 + i] = " ".join(tokens)
-    hea.write_text("\n".join(lines) + "\n")
 
 
 def _copy_record(src_dir: Path, name: str, dst_dir: Path) -> Path:
@@ -118,7 +109,7 @@ def test_nan_runs_are_repaired_and_kept(real_ecg_dir: Path, tmp_path: Path):
     digital = np.fromfile(dat, dtype="<i2").reshape(1000, 12)
     digital[200:260, 7] = -32768  # V2 (header order = canonical for PTB-XL)
     digital.tofile(dat)
-    _resum(tmp_path / "00001_lr.hea", digital)
+    rewrite_checksums(tmp_path / "00001_lr.hea", digital)
     rec = open_reader("wfdb-dir", tmp_path).read("00001_lr")
     assert (rec.repaired, rec.degraded) == (60, False)
     assert np.isfinite(rec.signal).all()
@@ -127,7 +118,7 @@ def test_nan_runs_are_repaired_and_kept(real_ecg_dir: Path, tmp_path: Path):
     np.testing.assert_allclose(rec.signal[0], ok, atol=1e-5)
     digital[:, 9] = -32768  # V4 entirely invalid: zeroed, record degraded
     digital.tofile(dat)
-    _resum(tmp_path / "00001_lr.hea", digital)
+    rewrite_checksums(tmp_path / "00001_lr.hea", digital)
     rec = open_reader("wfdb-dir", tmp_path).read("00001_lr")
     assert rec.degraded and not rec.signal[9].any() and rec.repaired == 1060
 
@@ -138,7 +129,7 @@ def test_constant_lead_is_flat_lead(real_ecg_dir: Path, tmp_path: Path):
     digital = np.fromfile(dat, dtype="<i2").reshape(1000, 12)
     digital[:, 4] = 37  # aVL constant
     digital.tofile(dat)
-    _resum(tmp_path / "00001_lr.hea", digital)
+    rewrite_checksums(tmp_path / "00001_lr.hea", digital)
     with pytest.raises(RecordError) as err:
         open_reader("wfdb-dir", tmp_path).read("00001_lr")
     assert err.value.reason == "flat_lead" and "aVL" in err.value.detail

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import wfdb
+from helpers import rewrite_checksums
 
 from deri_sweep.data.record import RecordError
 from deri_sweep.data.wfdb_io import parse_header, read_record, read_signal
@@ -34,16 +35,6 @@ def _copy_record(src_dir: Path, name: str, dst: Path) -> Path:
 def _write_header(path: Path, lines: list[str]) -> Path:
     path.write_text("\n".join(lines) + "\n")
     return path
-
-
-def _resum(hea: Path, digital: np.ndarray) -> None:
-    """Write the checksums of ``digital`` (N, L) into a format-16 header, as a tool editing the samples would."""
-    lines = hea.read_text().splitlines()
-    for i, total in enumerate(digital.astype(np.int64).sum(axis=0)):
-        tokens = lines[1 + i].split(" ")
-        tokens[6] = str(int(total) % 65536)
-        lines[1 + i] = " ".join(tokens)
-    _write_header(hea, lines)
 
 
 @pytest.mark.parametrize("rel", SAMPLE_HEADERS)
@@ -210,7 +201,7 @@ def test_invalid_format16_samples_become_nan(real_ecg_dir: Path, tmp_path: Path)
     digital[100:140, 6] = -32768  # a run in V1
     digital[500, 0] = -32768
     digital.tofile(dat)
-    _resum(hea, digital)
+    rewrite_checksums(hea, digital)
     signal = read_signal(parse_header(hea))
     expected, _ = wfdb.rdsamp(str(tmp_path / "00001_lr"))
     assert np.isnan(signal[6, 100:140]).all() and np.isnan(signal[0, 500])
