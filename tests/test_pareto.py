@@ -112,6 +112,7 @@ def test_ablate_plans_a_multi_objective_space(tmp_path):
     space.write_text(
         "search: optuna\nobjective: probe\nobjectives: [probe_val_auroc:max, gpu_hours:min]\nsampler: nsga2\n"
         "optuna:\n  model.loss.w_cma: {type: float, low: 0.5, high: 2.0}\nnum_samples: 4\n"
+        "scheduler: {type: none}\n"  # ASHA on val_total would be refused: the searched w_cma changes it
     )
     plan = run_ablate(["--space", str(space), "--dry-run"], tmp_path)
     assert plan.returncode == 0, plan.stderr[-2000:]
