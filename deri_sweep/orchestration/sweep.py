@@ -274,7 +274,8 @@ def run_sweep(
         trackers: :class:`~deri_sweep.orchestration.trackers.Tracker` values: each trial
             becomes one MLflow / W&B run.
         capacity: the GPUs the cluster can reach (:func:`cluster_gpu_capacity`), for a cluster at rest.
-        in_flight: trials in flight (training or probing; default twice ``concurrency``). Equal to
+        in_flight: trials in flight (training or probing; default twice ``concurrency`` for GPU trials,
+            ``concurrency`` for CPU trials). Equal to
             ``concurrency``, a probing trial keeps its Tune slot, i.e. its GPUs' share (the
             scheduling before training slots; kept for comparisons).
         callbacks: more Tune callbacks (e.g. the console's :class:`~deri_sweep.orchestration.console.SweepProgress`).
@@ -286,7 +287,9 @@ def run_sweep(
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     training = concurrency or max_concurrent(space, capacity)
-    flying = in_flight or 2 * training
+    # GPU trials: twice as many in flight, so the next trains while one probes; CPU trials share the same cores
+    # between training and probing, so a probing trial keeps its slot there (and ASHA compares trials side by side)
+    flying = in_flight or (2 * training if space.trial.gpus_per_worker > 0 else training)
     slots = ""
     if flying > training:  # training slots gate the worker groups; probing trials hold none
         slots = f"deri-training-slots-{uuid.uuid4().hex[:8]}"
