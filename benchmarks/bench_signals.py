@@ -124,7 +124,7 @@ def spearman(a: list[float], b: list[float]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="10 configurations, 3 epochs of 8 steps (full: 16, 4 of 12), 300 MIMIC records")
+    parser.add_argument("--quick", action="store_true", help="10 configs, 3 epochs of 8 steps (full: 16, 4 of 12)")
     parser.add_argument("--seed", type=int, default=3, help="seed of the configuration draw")
     args = parser.parse_args()
     full = {"configs": 16, "epochs": 4, "steps": 12, "batch": 16, "probe_epochs": 30, "signal_train": 512,
