@@ -46,7 +46,9 @@ def to_adc(signal_mv: np.ndarray, gain: float) -> np.ndarray:
     Returns:
         (N, L) int16 frames, clipped to +-32767 so that -32768 stays the invalid marker.
     """
-    return np.clip(np.rint(np.asarray(signal_mv, dtype=np.float64) * gain), -32767, 32767).astype("<i2").T.copy()
+    with np.errstate(over="ignore"):  # huge or infinite values (the bad-input cases) clip to the rail
+        scaled = np.rint(np.asarray(signal_mv, dtype=np.float64) * gain)
+    return np.clip(scaled, -32767, 32767).astype("<i2").T.copy()
 
 
 def checksums(frames: np.ndarray, *, signed: bool) -> list[int]:
