@@ -26,7 +26,7 @@ LOCAL_TRAIN_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 #: ``num_cpus`` idle workers and kills the others after 1 s idle; on 2 cores, with each trial's
 #: actors holding workers, every probe task then started a fresh process (importing Ray and
 #: torch, ~8 core-s). Keeping up to 16 idle workers for 2 minutes lets probe tasks reuse them:
-#: the default run fell from 799 to 567 core-seconds (benchmarks/bench_default.py --only new).
+#: the default run fell from 799 to 567-659 core-seconds (benchmarks/bench_default.py --only new).
 LOCAL_WORKER_POOL_ENV = {"RAY_num_workers_soft_limit": "16", "RAY_idle_worker_killing_time_threshold_ms": "120000"}
 
 
@@ -81,8 +81,8 @@ def _start_local(ray: Any, **kwargs: Any) -> Any:
     if removed:
         log.info("removed %d temp folder(s) of earlier, killed local Ray instances", removed)
     os.environ.setdefault("RAY_TMPDIR", os.environ.get("TMPDIR") or root)  # where Ray would put its sessions
-    for key, value in {**LOCAL_TRAIN_ENV, **LOCAL_WORKER_POOL_ENV}.items():  # Ray's processes inherit them
-        os.environ.setdefault(key, value)
+    for key, value in {**LOCAL_TRAIN_ENV, **LOCAL_WORKER_POOL_ENV}.items():  # Ray's processes inherit them;
+        os.environ.setdefault(key, value)  # trial drivers pass them on
     private = owned_temp_dir(RAY_TMP_PREFIX, root)
     before = os.environ.get("TMPDIR")
     os.environ["TMPDIR"] = str(private)
