@@ -1,13 +1,16 @@
 """The default run's cost: the space shipped before issue 29 against today's ``search_spaces/smoke.yaml``.
 
-Both spaces run end to end through the CLI (``python -m deri_sweep.ablate``: Ray start,
-text features, the sweep, tables and report), one after the other in this run, on the
-same synthetic caches (written and prepared once, before any timing, so neither pays
-the data stage). Each run is its own process session; its cost is the CPU time (user +
-system) of every process of that session -- the CLI, Ray's daemons, trial drivers,
-Train workers, probe tasks -- read from ``/proc`` every 0.2 s (a process that lives
-under 0.2 s is missed in both runs alike). Core-seconds, not wall seconds: the machine
-is shared, and wall time on 2 cores mostly measures who else is running.
+The baseline is the default as shipped before issue 29: its space, run with Ray's own worker-pool
+settings (``OLD_RAY_ENV``: keep at most ``num_cpus`` idle workers, kill them after 1 s; a local run
+now keeps 16 for 2 minutes, ``runtime.LOCAL_WORKER_POOL_ENV``).
+
+Both spaces run end to end through the CLI (``python -m deri_sweep.ablate``: Ray start, text
+features, the sweep, tables and report), one after the other in this run, on the same synthetic
+caches (written and prepared once, before any timing, so neither pays the data stage). Each run is
+its own process session; its cost is the CPU time (user + system) of every process of that session
+-- the CLI, Ray's daemons, trial drivers, Train workers, probe tasks -- read from ``/proc`` every
+0.2 s (a process that lives under 0.2 s is missed in both runs alike). Core-seconds, not wall
+seconds: the machine is shared, and wall time on 2 cores mostly measures who else is running.
 
 ``--quick`` runs reduced copies of both spaces (pretraining seeds 42 and 43, the
 baseline variant only, floor and zero-shot on, every label set); the full run runs both
@@ -69,6 +72,9 @@ probes:
   random_floor: true
 """
 
+#: Ray's defaults (``ray_config_def.h``), which the default run used before issue 29
+OLD_RAY_ENV = {"RAY_num_workers_soft_limit": "-1", "RAY_idle_worker_killing_time_threshold_ms": "1000"}
+
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -115,13 +121,15 @@ def _session_cpu(session: int, seen: dict[tuple[int, int], float], spent: dict[s
         seen[key] = now
 
 
-def measure(args: list[str], cwd: Path, log: Path) -> tuple[float, float, int, dict[str, float]]:
-    """Run ``python -m deri_sweep.ablate ARGS`` in a new session.
+def measure(
+    args: list[str], cwd: Path, log: Path, extra_env: dict[str, str] | None = None
+) -> tuple[float, float, int, dict[str, float]]:
+    """Run ``python -m deri_sweep.ablate ARGS`` in a new session, with ``extra_env`` set.
 
     Returns:
         (core-seconds of every process of the session, wall seconds, exit status, core-seconds by kind).
     """
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1", **(extra_env or {})}
     env.pop("RAY_ADDRESS", None)
     seen: dict[tuple[int, int], float] = {}
     spent: dict[str, float] = {}
@@ -189,7 +197,7 @@ def main() -> None:
         (work / f"{label}.yaml").write_text(yaml.safe_dump(space))
         cli = ["--space", str(work / f"{label}.yaml"), "--out", str(work / label), "--data-dir", str(work / "data"),
                "--min-free-gb", "0"]  # fmt: skip
-        cores, wall, status, spent = measure(cli, work, work / f"{label}.log")
+        cores, wall, status, spent = measure(cli, work, work / f"{label}.log", OLD_RAY_ENV if label == "old" else None)
         if status != 0:
             raise SystemExit(f"{label}: exit {status}; see {work / f'{label}.log'}:\n"
                              + (work / f"{label}.log").read_text()[-3000:])  # fmt: skip

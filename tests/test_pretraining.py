@@ -332,3 +332,30 @@ def test_a_non_finite_loss_is_caught_at_the_next_read_naming_its_step():
     with pytest.raises(FloatingPointError, match=r"non-finite at step 1 \(read at step 2\)"):
         train_epoch(model, DeriLoss(_grad_model_config().loss), batches, TextSource([]), optimizer, scheduler,
                     device=torch.device("cpu"), sync_every=3)  # fmt: skip
+
+
+def test_the_fused_optimizer_takes_the_per_tensor_adamw_steps():
+    """build_optimizer's fused AdamW (one kernel over every tensor; 9 ms against 42 ms a laptop step on CPU)
+    moves a DERI's weights as torch's per-tensor AdamW does, to float32 rounding, over five steps."""
+    from deri_sweep.train.engine import build_optimizer
+    from deri_sweep.train.train_config import OptimConfig
+
+    optim = OptimConfig(lr=3e-3, weight_decay=0.05)
+    models = [_grad_model().float().train() for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    fused, _ = build_optimizer(models[0], optim)
+    assert fused.defaults["fused"] is True  # CPU parameters: the fused kernel
+    params = [p for p in models[1].parameters() if p.requires_grad]
+    reference = torch.optim.AdamW(params, lr=optim.lr, weight_decay=optim.weight_decay, betas=tuple(optim.betas))
+    start = [p.detach().clone() for p in models[0].parameters()]
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        grads = [torch.randn(p.shape, generator=generator) for p in models[0].parameters()]
+        for model, optimizer in ((models[0], fused), (models[1], reference)):
+            for p, g in zip(model.parameters(), grads, strict=True):
+                p.grad = g.clone()
+            optimizer.step()
+    moved = max(float((p.detach() - s).abs().max()) for p, s in zip(models[0].parameters(), start, strict=True))
+    assert moved > 5e-3  # five steps of lr 3e-3 moved the weights
+    for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
