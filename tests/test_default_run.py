@@ -1,7 +1,7 @@
 """The embedded default answers a real question: pretrained DERI beats the random-init floor, significantly.
 
 This runs the default space (``search_spaces/smoke.yaml``) through the CLI on its own
-laptop preset (100 Hz / 500 samples, synthetic twin, one CPU worker per trial), reduced
+laptop preset (100 Hz / 1000 samples, synthetic twin, one CPU worker per trial), reduced
 for CI time to its baseline variant and one label set: four pretraining seeds of full DERI,
 each probed with its seed-matched random-init floor. Everything else (seeds, steps, batch,
 lr, probe plan) is the shipped space, read from the file, so the test follows the space
