@@ -335,7 +335,7 @@ def test_a_non_finite_loss_is_caught_at_the_next_read_naming_its_step():
 
 
 def test_the_fused_optimizer_takes_the_per_tensor_adamw_steps():
-    """build_optimizer's fused AdamW (one kernel over every tensor; 9 ms against 42 ms a laptop step on CPU)
+    """build_optimizer's fused AdamW (one kernel over every tensor: 9 ms a step against 42 ms on CPU)
     moves a DERI's weights as torch's per-tensor AdamW does, to float32 rounding, over five steps."""
     from deri_sweep.train.engine import build_optimizer
     from deri_sweep.train.train_config import OptimConfig
