@@ -1,12 +1,14 @@
 """The default run's cost: the space shipped before issue 29 against today's ``search_spaces/smoke.yaml``.
 
-The baseline is the default as shipped before issue 29: its space, run with Ray's own worker-pool
-settings (``OLD_RAY_ENV``: keep at most ``num_cpus`` idle workers, kill them after 1 s; a local run
-now keeps 16 for 2 minutes, ``runtime.LOCAL_WORKER_POOL_ENV``).
+The baseline is the default as shipped before issue 29: its space (a one-worker TorchTrainer per
+trial, four at a time), run with Ray's own worker-pool settings (``OLD_RAY_ENV``: keep at most
+``num_cpus`` idle workers, kill them after 1 s, start workers ahead of demand; a local run now keeps
+16 for 2 minutes and starts none ahead, ``runtime.LOCAL_WORKER_POOL_ENV``). Both run today's code.
 
 Both spaces run end to end through the CLI (``python -m deri_sweep.ablate``: Ray start, text
 features, the sweep, tables and report), one after the other in this run, on the same synthetic
-caches (written and prepared once, before any timing, so neither pays the data stage). Each run is
+caches (written and prepared once, with the embedded tower's text features, before any timing, so
+neither pays the data stage or the tower). Each run is
 its own process session; its cost is the CPU time (user + system) of every process of that session
 -- the CLI, Ray's daemons, trial drivers, Train workers, probe tasks -- read from ``/proc`` every
 0.2 s (a process that lives under 0.2 s is missed in both runs alike). Core-seconds, not wall
@@ -73,7 +75,12 @@ probes:
 """
 
 #: Ray's defaults (``ray_config_def.h``), which the default run used before issue 29
-OLD_RAY_ENV = {"RAY_num_workers_soft_limit": "-1", "RAY_idle_worker_killing_time_threshold_ms": "1000"}
+OLD_RAY_ENV = {
+    "RAY_num_workers_soft_limit": "-1",
+    "RAY_idle_worker_killing_time_threshold_ms": "1000",
+    "RAY_enable_worker_prestart": "1",
+    "RAY_prestart_worker_first_driver": "1",
+}
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -82,7 +89,7 @@ TICKS = os.sysconf("SC_CLK_TCK")
 KINDS = (
     ("ray::RayTrainWorker", "train workers"),
     ("ray::TrainController", "Train controllers"),
-    ("ray::ImplicitFunc", "trial drivers"),
+    ("ray::ImplicitFunc", "trial drivers (and in-driver training)"),
     ("ray::_extract", "probes: features"),
     ("ray::_linear_probe", "probes: linear heads"),
     ("ray::_zero_shot", "probes: zero-shot"),
@@ -180,15 +187,21 @@ def main() -> None:
     sys.path.insert(0, str(REPO))
     from deri_sweep.data.signal import SignalOptions
     from deri_sweep.data.workspace import ensure_caches, ensure_synthetic
+    from deri_sweep.model.config import TextConfig
+    from deri_sweep.model.text_cache import build_text_features, feature_dir
+    from deri_sweep.model.text_tower import TextTower
 
     new = yaml.safe_load((REPO / "search_spaces" / "smoke.yaml").read_text())
     old = yaml.safe_load(OLD_SMOKE)
-    for space in (old, new):  # the data stage, before any timing
+    for space in (old, new):  # the data stage and the text features, before any timing
         fs, length = space["workspace"]["fs"], space["workspace"]["length"]
         synth = ensure_synthetic(work / "data" / "synthetic")
-        ensure_caches(
+        caches = ensure_caches(
             synth, work / "data" / f"caches-{fs}hz-{length}", signal=SignalOptions(fs, length, length), progress=False
         )
+        text = TextConfig()  # the embedded tower both spaces use: built here, neither run pays for it
+        if not (feature_dir(caches["mimic"], text) / "meta.json").exists():
+            build_text_features(caches["mimic"], TextTower(text), device="cpu", progress=False)
     rows, kinds = {}, {}
     for label, space in (("old", old), ("new", new)):
         if args.only and label != args.only:

@@ -40,7 +40,7 @@ seeds: [42]
 baseline: full
 scheduler: {type: none}
 decide: {margin: 0.002, alpha: 0.05, min_seeds: 2, max_seeds: 3}
-trial: {workers: 1, gpus_per_worker: 0, cpus_per_worker: 0.49, driver_cpus: 0.01}
+trial: {workers: 1, gpus_per_worker: 0, cpus_per_worker: 0.49, driver_cpus: 0.01, in_driver: true}
 probes: {datasets: [ptbxl], tasks: [ptbxl_super], fractions: [1.0], seeds: [0], epochs: 3, zero_shot: false,
          random_floor: false}
 """

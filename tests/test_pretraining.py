@@ -287,6 +287,86 @@ def test_killed_worker_resumes_from_checkpoint_with_the_same_result(two_worker_r
         assert victim.metrics[key] == pytest.approx(reference.metrics[key], rel=1e-4), key
 
 
+def test_an_in_process_fit_keeps_the_latest_checkpoint_and_restarts_from_it_after_a_crash(mimic_cache, tmp_path):
+    """trial.in_driver's runner: a failure after epoch 1's checkpoint restarts there, and the run ends as an
+    uninterrupted one does (exact, as the resume test above); a finished run called again trains nothing."""
+    from deri_sweep.train.in_process import fit_in_process
+
+    cfg = _config(mimic_cache)
+    reference = run_worker(cfg, WorkerInfo(), lambda *_: None)
+    seen: list[float] = []
+
+    def crash_once(metrics: dict) -> None:
+        seen.append(metrics["epoch"])
+        if seen == [1.0]:
+            raise OSError("node lost (simulated)")
+
+    last = fit_in_process(cfg, tmp_path / "checkpoint", crash_once, max_failures=1)
+    assert seen == [1.0, 2.0, 3.0]  # epoch 1's checkpoint was kept before its report failed: epoch 2 went on
+    for key in ("train_total", "val_total", "step"):
+        assert last[key] == pytest.approx(reference[key], rel=1e-5), key
+    _, meta = load_checkpoint(tmp_path / "checkpoint")
+    assert (
+        meta["epoch"] == 2 and not (tmp_path / "checkpoint.new").exists() and not (tmp_path / "checkpoint.old").exists()
+    )
+    again = fit_in_process(cfg, tmp_path / "checkpoint", seen.append)
+    assert again["val_total"] == last["val_total"] and seen == [1.0, 2.0, 3.0]
+
+    def always_fail(_metrics: dict) -> None:
+        raise OSError("disk full (simulated)")
+
+    with pytest.raises(OSError, match="disk full"):  # out of restarts: the last error surfaces
+        fit_in_process(cfg, tmp_path / "other", always_fail, max_failures=1)
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_an_in_process_fit_takes_the_steps_of_a_one_worker_torch_trainer(mimic_cache, local_ray, tmp_path):
+    """A world of one needs no process group: in the trial's driver (trial.in_driver) the recipe ends with the
+    weights a one-worker TorchTrainer gives (DDP over one rank averages each gradient over one), one thread each."""
+    from deri_sweep.train.in_process import fit_in_process
+
+    cfg = _config(mimic_cache)
+    trained = _fit(cfg, 1, tmp_path / "ray", "one")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in a Train worker of 0.49 CPU
+    try:
+        last = fit_in_process(cfg, tmp_path / "checkpoint", lambda _m: None)
+    finally:
+        torch.set_num_threads(threads)
+    for key in ("train_total", "val_total", "step"):
+        assert last[key] == trained.metrics[key], key
+    ours, _ = load_checkpoint(tmp_path / "checkpoint")
+    theirs, _ = load_checkpoint(trained.checkpoint.path)
+    assert ours["model"].keys() == theirs["model"].keys()
+    assert all(torch.equal(ours["model"][k], theirs["model"][k]) for k in ours["model"])
+
+
+@pytest.mark.integration
+def test_an_in_driver_trials_cpu_hold_is_given_back_when_tune_ends_the_trial(local_ray):
+    """A trial that Tune stops (ASHA) or whose actor dies never runs its own cleanup: the sweep's callback
+    removes the placement group that held its training CPUs, or the next trials would wait for them forever."""
+    from types import SimpleNamespace
+
+    from ray.util.placement_group import get_placement_group, placement_group
+
+    from deri_sweep.orchestration.trial import SlotReleaser, cpu_hold_name
+
+    free = ray.available_resources().get("CPU", 0.0)
+    hold = placement_group([{"CPU": 0.5}], name=cpu_hold_name("run1", "stopped"))
+    ray.get(hold.ready())
+    assert ray.available_resources().get("CPU", 0.0) == pytest.approx(free - 0.5)
+    releaser = SlotReleaser(None, "run1")
+    releaser.on_trial_error(0, [], SimpleNamespace(trial_id="finished"))  # gave its CPUs back itself: nothing to do
+    releaser.on_trial_complete(0, [], SimpleNamespace(trial_id="stopped"))
+    deadline = time.time() + 30
+    while ray.available_resources().get("CPU", 0.0) < free - 1e-6 and time.time() < deadline:
+        time.sleep(0.2)
+    assert ray.available_resources().get("CPU", 0.0) == pytest.approx(free)
+    with pytest.raises(ValueError):
+        get_placement_group(cpu_hold_name("run1", "stopped"))
+
+
 def test_loader_side_text_features_train_bit_identically_to_the_in_process_gather(mimic_cache):
     """Today's path (the training process gathers text features every step, float32 signals) and the new one
     (a loader worker ships fp16 features and int16 signals + operands, as for a GPU; cast and normalised in the

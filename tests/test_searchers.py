@@ -178,7 +178,7 @@ objective: probe
 base: {model.ecg.num_samples: 1000, optim.batch_size: 16, optim.epochs: 2, optim.t0: 10000, max_steps_per_epoch: 12,
        signals.train_records: 64, signals.val_records: 32}
 scheduler: {type: asha, grace_period: 1, reduction_factor: 2}
-trial: {workers: 1, cpus_per_worker: 0.5, driver_cpus: 0.01}
+trial: {workers: 1, cpus_per_worker: 0.5, driver_cpus: 0.01, in_driver: true}  # a pruned trial must give its CPUs back
 probes: {datasets: [ptbxl], tasks: [ptbxl_super], fractions: [1.0], seeds: [0], epochs: 5, zero_shot: false,
          random_floor: false}
 """

@@ -144,6 +144,8 @@ def test_ablate_set_values_are_read_as_yaml_and_a_bad_one_is_named(tmp_path):
     # space sections are set on the space, validated, and named when wrong
     space = _apply_set(load_space("smoke"), ["trial.workers=3", "probes.tasks=[ptbxl_super]"])
     assert space.trial.workers == 3 and space.probes.tasks == ["ptbxl_super"] and "trial.workers" not in space.base
+    # the default trains its one CPU worker in the trial's driver; more workers get a TorchTrainer worker group again
+    assert load_space("smoke").trial.trains_in_driver and not space.trial.trains_in_driver
     bad_sets = {"trial.workers=0": "trial.workers=0 must be >= 1", "probes.fractions=[5.0]": r"in \(0, 1\]",
                 "trial.wrkers=1": "unknown key", "optim.epochs=abc": "expected an integer"}  # fmt: skip
     for bad, message in bad_sets.items():

@@ -41,7 +41,7 @@ def resource_plan(space: SearchSpace) -> dict[str, Any]:
             "placement_strategy": "STRICT_PACK",
             "when_larger_than_a_node": "PACK: split over the fewest nodes (warned at the sweep's start)",
         },
-        "trial_driver": {"CPU": trial.driver_cpus, "on_head": trial.driver_on_head},
+        "trial_driver": {"CPU": trial.driver_cpus, "on_head": trial.driver_on_head, "trains": trial.trains_in_driver},
         "probe_task": {**probe_request(space), "placement": "DEFAULT (any node with room; outside the trial's group)"},
         "text_feature_build": {"num_cpus": 1.0, "num_gpus": 1.0 if gpu else 0.0},
         "stage": {"num_cpus": 0.0, "placement": "one task per GPU node" if gpu else "one task per node"},
@@ -54,11 +54,19 @@ def describe_resources(space: SearchSpace) -> list[str]:
     workers, probe = plan["trial_workers"], plan["probe_task"]
     per = ", ".join(f"{k} {v:g}" for k, v in workers["per_bundle"].items())
     total = ", ".join(f"{k} {v:g}" for k, v in workers["total"].items())
-    return [
-        f"resources: each trial: {workers['bundles']} worker bundle(s) of {{{per}}} = {{{total}}}, placement "
+    driver = plan["trial_driver"]
+    trial_cpus = workers["total"]["CPU"]
+    head = " on the head" if driver["on_head"] else ""
+    trial_line = (
+        f"resources: each trial trains in its driver process (trial.in_driver: no Train worker group), holding "
+        f"{{CPU {trial_cpus:g}}} on the driver's node while it trains; driver CPU {driver['CPU']:g}{head}"
+        if driver["trains"]
+        else f"resources: each trial: {workers['bundles']} worker bundle(s) of {{{per}}} = {{{total}}}, placement "
         f"{workers['placement_strategy']} (all on one node; a trial larger than any node: "
-        f"{workers['when_larger_than_a_node']}); driver CPU "
-        f"{plan['trial_driver']['CPU']:g}{' on the head' if plan['trial_driver']['on_head'] else ''}",
+        f"{workers['when_larger_than_a_node']}); driver CPU {driver['CPU']:g}{head}"
+    )
+    return [
+        trial_line,
         f"resources: each probe task: CPU {probe['num_cpus']:g}, GPU {probe['num_gpus']:g}, placement DEFAULT "
         f"(outside the trial's group, after its workers are released); text-feature build: CPU 1, GPU "
         f"{plan['text_feature_build']['num_gpus']:g}; staging: {plan['stage']['placement']}",

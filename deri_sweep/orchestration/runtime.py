@@ -27,7 +27,14 @@ LOCAL_TRAIN_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 #: actors holding workers, every probe task then started a fresh process (importing Ray and
 #: torch, ~8 core-s). Keeping up to 16 idle workers for 2 minutes lets probe tasks reuse them:
 #: the default run fell from 799 to 567-659 core-seconds (benchmarks/bench_default.py --only new).
-LOCAL_WORKER_POOL_ENV = {"RAY_num_workers_soft_limit": "16", "RAY_idle_worker_killing_time_threshold_ms": "120000"}
+#: Nor does it start workers ahead of demand (at the first driver, and for queued tasks): on a
+#: laptop those were processes that imported Ray and then never ran anything.
+LOCAL_WORKER_POOL_ENV = {
+    "RAY_num_workers_soft_limit": "16",
+    "RAY_idle_worker_killing_time_threshold_ms": "120000",
+    "RAY_enable_worker_prestart": "0",
+    "RAY_prestart_worker_first_driver": "0",
+}
 
 
 def ray_env_defaults() -> None:

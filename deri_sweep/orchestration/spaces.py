@@ -21,6 +21,7 @@ A space file (see ``search_spaces/*.yaml``) has these sections::
     baseline: full
     scheduler: {type: asha, grace_period: 1, reduction_factor: 2}
     trial: {workers: 2, gpus_per_worker: 0, cpus_per_worker: 0.49, driver_cpus: 0.01, driver_on_head: true}
+                                       # in_driver: true: a trial of one CPU worker trains in its driver
     probes: {datasets: [ptbxl], fractions: [0.01, 0.1, 1.0], seeds: [0], ...}
     workspace: {fs: 100, length: 1000}  # the synthetic default's caches (no --caches given)
     decide: {margin: 0.005, alpha: 0.05, min_seeds: 2, max_seeds: 12, futility: 0.05}  # search: decide only
@@ -144,6 +145,10 @@ class TrialSpec:
         max_failures: restarts of a trial's worker group from its last checkpoint.
         driver_on_head: keep trial drivers (and so their Train controllers) on the head node,
             so losing a GPU node never kills a trial's driver, only its workers.
+        in_driver: a trial of one CPU worker trains in its driver process instead of a TorchTrainer
+            worker group (the same recipe and steps, about seven process starts fewer per trial;
+            the worker's CPUs are held on the driver's node while it trains). A trial with more
+            workers, or GPUs, keeps its worker group (:attr:`trains_in_driver`).
     """
 
     workers: int = 2
@@ -152,12 +157,18 @@ class TrialSpec:
     driver_cpus: float = 0.01
     max_failures: int = 2
     driver_on_head: bool = True
+    in_driver: bool = False
 
     def __post_init__(self) -> None:
         if self.workers < 1:
             raise ConfigError(f"trial.workers={self.workers} must be >= 1")
         if min(self.gpus_per_worker, self.cpus_per_worker, self.driver_cpus) < 0 or self.max_failures < 0:
             raise ConfigError("trial: gpus_per_worker, cpus_per_worker, driver_cpus and max_failures must be >= 0")
+
+    @property
+    def trains_in_driver(self) -> bool:
+        """True when the trial trains in its driver: ``in_driver`` on a trial of one CPU worker."""
+        return self.in_driver and self.workers == 1 and self.gpus_per_worker == 0
 
 
 @dataclass

@@ -200,9 +200,14 @@ def placement_strategy(space: SearchSpace, capacity: dict[str, float] | None = N
 
 
 def driver_resources(space: SearchSpace) -> dict[str, float]:
-    """What a trial's driver asks for: a sliver of CPU, and a sliver of the head node when pinned there."""
-    request = {"CPU": space.trial.driver_cpus}
-    if space.trial.driver_on_head:
+    """What a trial's driver asks for: a sliver of CPU, and a sliver of the head node when pinned there.
+
+    A trial that trains in its driver (``trial.in_driver``) holds its worker's CPUs only while it
+    trains, in a placement group of its own (see ``trial._fit_in_driver``).
+    """
+    trial = space.trial
+    request = {"CPU": trial.driver_cpus}
+    if trial.driver_on_head:
         request[HEAD_NODE_RESOURCE] = 0.001  # Ray gives the head node 1.0 of this resource
     return request
 
@@ -325,8 +330,8 @@ def run_sweep(
             reduction_factor=space.scheduler.reduction_factor,
         )  # fmt: skip
     callbacks = [*tracker_callbacks(trackers or [], space, run_dir, run_id), *(callbacks or [])]
-    if slots:
-        callbacks.append(SlotReleaser(actor))
+    if slots or space.trial.trains_in_driver:
+        callbacks.append(SlotReleaser(actor if slots else None, run_id if space.trial.trains_in_driver else ""))
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(

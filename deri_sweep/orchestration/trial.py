@@ -4,7 +4,9 @@
 fits a TorchTrainer (named after the trial, so a restored sweep resumes it), streams
 the epochs to Tune through Ray Train's Tune callback (ASHA decides on them), then --
 the TorchTrainer's workers and GPUs already released -- runs the probe suite as
-dependent Ray tasks on the checkpoint and reports the final objective.
+dependent Ray tasks on the checkpoint and reports the final objective. A one-worker CPU
+trial with ``trial.in_driver`` trains in the driver itself (:func:`_fit_in_driver`): the
+same recipe and steps, without the worker group's processes.
 
 This module is what every trial actor (and, through :class:`EpochReportCallback`, every
 Train controller) imports, so it imports only what a trial needs: no searchers, no
@@ -19,6 +21,8 @@ Where its workers ran and when it trained and probed go into its ``trial.json``
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -40,6 +44,7 @@ from deri_sweep.orchestration.probe_jobs import ProbeResources, Trace, collect, 
 from deri_sweep.orchestration.results import FINAL_REPORT_KEY, config_hash, trial_placement
 from deri_sweep.orchestration.spaces import SearchSpace
 from deri_sweep.orchestration.trainer import TrialResources, build_trainer
+from deri_sweep.train.train_config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -104,21 +109,37 @@ class TrainingSlots:
             self.changed.notify_all()
 
 
+def cpu_hold_name(run_id: str, trial_id: str) -> str:
+    """Name of the placement group that holds an in-driver trial's training CPUs (``trial.in_driver``)."""
+    return f"deri-train-cpus-{run_id}-{trial_id}"
+
+
 class SlotReleaser(tune.Callback):
-    """Gives a trial's training slot back when Tune ends the trial, whatever ended it.
+    """Gives a trial's training slot, or its in-driver CPU hold, back when Tune ends the trial, whatever ended it.
 
     A trial the scheduler stops (ASHA), or whose actor dies, never runs the ``finally`` of
-    :func:`trial_driver`; without this its slot would stay taken and the sweep would wait forever.
+    :func:`trial_driver`; without this its slot (or the CPUs its in-driver training held) would stay
+    taken and the sweep would wait forever.
+
+    Args:
+        slots: the :class:`TrainingSlots` actor handle, or ``None`` when the sweep has none.
+        run_id: the sweep's id, to find in-driver trials' CPU holds (empty: the sweep makes none).
     """
 
-    def __init__(self, slots: Any) -> None:
-        self.slots = slots  # the TrainingSlots actor handle
+    def __init__(self, slots: Any, run_id: str = "") -> None:
+        self.slots, self.run_id = slots, run_id
 
     def _release(self, trial: Any) -> None:
-        try:
-            self.slots.release.remote(trial.trial_id)
-        except Exception as err:  # the sweep is ending: nothing waits for a slot any more
-            log.warning("could not give trial %s's training slot back: %s", trial.trial_id, err)
+        if self.slots is not None:
+            try:
+                self.slots.release.remote(trial.trial_id)
+            except Exception as err:  # the sweep is ending: nothing waits for a slot any more
+                log.warning("could not give trial %s's training slot back: %s", trial.trial_id, err)
+        if self.run_id:
+            from ray.util.placement_group import get_placement_group, remove_placement_group
+
+            with contextlib.suppress(ValueError):  # none left: the trial gave its CPUs back itself
+                remove_placement_group(get_placement_group(cpu_hold_name(self.run_id, trial.trial_id)))
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         """A finished or stopped trial."""
@@ -164,30 +185,11 @@ def trial_driver(config: dict[str, Any], context: SweepContext) -> None:
     )
     started = time.time()
     name = f"trial_{trial_id}"
-    trainer = build_trainer(
-        cfg, resources, storage=context.storage, name=name,
-        max_failures=space.trial.max_failures, callbacks=[EpochReportCallback()], stage=context.stage,
-        trace=context.run_dir,
-    )  # fmt: skip
-    slots = ray.get_actor(context.slots) if context.slots else None
-    if slots is not None:
-        ray.get(slots.acquire.remote(trial_id))
-    try:
-        slot_at = time.time()
-        if context.stage and resources.use_gpu:  # a node that joined after set-up: staged before this trial holds it
-            bundles = [resources.bundle()] * resources.workers
-            reserve_and_stage(cfg.data.cache, bundles, resources.placement_strategy, trace=context.run_dir)
-        fit_at = time.time()
-        result = trainer.fit()
-        fit_end = time.time()
-    finally:
-        if slots is not None:
-            ray.get(slots.release.remote(trial_id))
-    if result.error is not None or result.checkpoint is None:
-        raise RuntimeError(f"trial {trial_id}: pretraining failed: {result.error}")
-    # a local copy beside the trial's files: probe tasks read it even when Ray's storage is s3:// or gs://
-    checkpoint = result.checkpoint.to_directory(str(out / "checkpoint"))
-    metrics = dict(result.metrics)
+    if space.trial.trains_in_driver:
+        checkpoint, metrics, timeline = _fit_in_driver(cfg, space, context, out, name, trial_id)
+    else:
+        checkpoint, metrics, timeline = _fit_worker_group(cfg, space, context, out, name, trial_id, resources)
+    timeline = {"driver_start": started, **timeline}
     units, _ = resources.accounting()
     summary = {
         "trial_id": trial_id,
@@ -206,9 +208,9 @@ def trial_driver(config: dict[str, Any], context: SweepContext) -> None:
         "train_seconds": float(metrics.get("hours", 0.0)) * 3600 / (resources.workers * (units or 1.0)),
         "gpus": resources.request().get("GPU", 0.0),
         "gpu_slot": context.gpu_slot,
-        "placement_strategy": resources.placement_strategy,
+        "placement_strategy": "in_driver" if space.trial.trains_in_driver else resources.placement_strategy,
         # epoch seconds: the slot was granted, staging/reservation done, the TorchTrainer returned
-        "timeline": {"driver_start": started, "slot": slot_at, "fit_start": fit_at, "fit_end": fit_end},
+        "timeline": timeline,
         "placement": trial_placement(run_dir, name),
     }
     atomic_write_text(out / "trial.json", json.dumps(summary, indent=2))
@@ -235,3 +237,78 @@ def trial_driver(config: dict[str, Any], context: SweepContext) -> None:
     objective = _objective(space, metrics, probes)
     final = {k: metrics[k] for k in (space.metric, "epoch", "hours") if k in metrics}
     tune.report({**final, "objective": objective, FINAL_REPORT_KEY: 1.0})
+
+
+def _fit_worker_group(
+    cfg: TrainConfig,
+    space: SearchSpace,
+    context: SweepContext,
+    out: Path,
+    name: str,
+    trial_id: str,
+    resources: TrialResources,
+) -> tuple[str, dict[str, Any], dict[str, float]]:
+    """Pretrain with a TorchTrainer; returns (local checkpoint copy, last metrics, timeline)."""
+    trainer = build_trainer(
+        cfg, resources, storage=context.storage, name=name,
+        max_failures=space.trial.max_failures, callbacks=[EpochReportCallback()], stage=context.stage,
+        trace=context.run_dir,
+    )  # fmt: skip
+    slots = ray.get_actor(context.slots) if context.slots else None
+    if slots is not None:
+        ray.get(slots.acquire.remote(trial_id))
+    try:
+        slot_at = time.time()
+        if context.stage and resources.use_gpu:  # a node that joined after set-up: staged before this trial holds it
+            bundles = [resources.bundle()] * resources.workers
+            reserve_and_stage(cfg.data.cache, bundles, resources.placement_strategy, trace=context.run_dir)
+        fit_at = time.time()
+        result = trainer.fit()
+        fit_end = time.time()
+    finally:
+        if slots is not None:
+            ray.get(slots.release.remote(trial_id))
+    if result.error is not None or result.checkpoint is None:
+        raise RuntimeError(f"trial {trial_id}: pretraining failed: {result.error}")
+    # a local copy beside the trial's files: probe tasks read it even when Ray's storage is s3:// or gs://
+    checkpoint = result.checkpoint.to_directory(str(out / "checkpoint"))
+    return checkpoint, dict(result.metrics), {"slot": slot_at, "fit_start": fit_at, "fit_end": fit_end}
+
+
+def _fit_in_driver(
+    cfg: TrainConfig, space: SearchSpace, context: SweepContext, out: Path, name: str, trial_id: str
+) -> tuple[str, dict[str, Any], dict[str, float]]:
+    """Pretrain a one-worker CPU trial in this process (``trial.in_driver``); same returns as the worker group's.
+
+    While it trains, the trial holds its worker's CPUs on this node in a placement group of one
+    bundle (as a worker group would), and gives them back before its probes run, so that probe
+    tasks and the next trial find them. Each report goes to Tune as Ray Train's callback would
+    send it; the latest checkpoint is kept in ``out/checkpoint``, which a resumed sweep continues from.
+    """
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    from deri_sweep.orchestration.node_staging import local_cache
+    from deri_sweep.orchestration.runtime import record_placement
+    from deri_sweep.train.in_process import fit_in_process
+
+    if context.stage:
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, cache=local_cache(cfg.data.cache)))
+    record_placement(context.run_dir, "train_worker", trial=name, rank=0)
+    runtime_context = ray.get_runtime_context()
+    scratch = Path(runtime_context.get_temp_dir()) / runtime_context.get_session_name()  # as the workers use
+    cpus = space.trial.cpus_per_worker
+    here = f"node:{ray.util.get_node_ip_address()}"  # the CPUs of this node, where the driver trains
+    hold = placement_group(
+        [{"CPU": cpus, here: 0.001}], strategy="STRICT_PACK", name=cpu_hold_name(context.run_id, trial_id)
+    )
+    try:
+        ray.get(hold.ready())
+        fit_at = time.time()
+        metrics = fit_in_process(
+            cfg, out / "checkpoint", lambda m: tune.report({"objective": math.nan, **m}),
+            max_failures=space.trial.max_failures, cpus=cpus, scratch=scratch if scratch.is_dir() else None,
+        )  # fmt: skip
+        fit_end = time.time()
+    finally:
+        remove_placement_group(hold)
+    return str(out / "checkpoint"), metrics, {"slot": fit_at, "fit_start": fit_at, "fit_end": fit_end}
