@@ -311,6 +311,10 @@ def test_an_in_process_fit_keeps_the_latest_checkpoint_and_restarts_from_it_afte
     )
     again = fit_in_process(cfg, tmp_path / "checkpoint", seen.append)
     assert again["val_total"] == last["val_total"] and seen == [1.0, 2.0, 3.0]
+    (tmp_path / "checkpoint").rename(tmp_path / "checkpoint.old")  # killed between keep_latest's two renames
+    again = fit_in_process(cfg, tmp_path / "checkpoint", seen.append)
+    assert again["val_total"] == last["val_total"] and seen == [1.0, 2.0, 3.0]
+    assert load_checkpoint(tmp_path / "checkpoint")[1]["epoch"] == 2 and not (tmp_path / "checkpoint.old").exists()
 
     def always_fail(_metrics: dict) -> None:
         raise OSError("disk full (simulated)")

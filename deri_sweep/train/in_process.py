@@ -103,7 +103,9 @@ def fit_in_process(
         resume = latest_checkpoint(target)
         if resume is not None and int(read_meta(resume)["epoch"]) + 1 >= cfg.optim.epochs:
             log.info("%s holds the last epoch's checkpoint: nothing left to train", resume)
-            return dict(read_meta(resume)["metrics"])
+            if resume != target:  # killed between keep_latest's renames: the finished checkpoint takes its place
+                resume.rename(target)
+            return dict(read_meta(target)["metrics"])
         try:
             return run_worker(cfg, worker, on_report, resume=resume)
         except Exception as err:
