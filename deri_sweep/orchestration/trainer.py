@@ -98,6 +98,11 @@ def scratch_dir() -> Path:
     return session if session.is_dir() else Path(context.get_temp_dir())
 
 
+def staged(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` reading this node's local copy of its pretraining cache (staged on first use; see ``node_staging``)."""
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, cache=local_cache(cfg.data.cache)))
+
+
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Ray Train worker entry: resolve rank/device/checkpoint, then run the recipe.
 
@@ -118,7 +123,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     cfg = from_dict(TrainConfig, loop_config["config"])
     if loop_config.get("stage"):
-        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, cache=local_cache(cfg.data.cache)))
+        cfg = staged(cfg)
     context = ray.train.get_context()
     if loop_config.get("trace"):
         record_placement(loop_config["trace"], "train_worker", trial=loop_config.get("trial", ""),

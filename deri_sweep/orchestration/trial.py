@@ -22,7 +22,6 @@ Where its workers ran and when it trained and probed go into its ``trial.json``
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
 import math
@@ -35,6 +34,7 @@ import pandas as pd
 import ray
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
+from ray.util.placement_group import get_placement_group, placement_group, remove_placement_group
 
 from deri_sweep.common.provenance import git_commit
 from deri_sweep.common.storage import atomic_write_bytes, atomic_write_text
@@ -42,8 +42,9 @@ from deri_sweep.common.strict_loader import from_dict
 from deri_sweep.orchestration.node_staging import reserve_and_stage
 from deri_sweep.orchestration.probe_jobs import ProbeResources, Trace, collect, probe_suite
 from deri_sweep.orchestration.results import FINAL_REPORT_KEY, config_hash, trial_placement
+from deri_sweep.orchestration.runtime import record_placement
 from deri_sweep.orchestration.spaces import SearchSpace
-from deri_sweep.orchestration.trainer import TrialResources, build_trainer
+from deri_sweep.orchestration.trainer import TrialResources, build_trainer, scratch_dir, staged
 from deri_sweep.train.train_config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -136,8 +137,6 @@ class SlotReleaser(tune.Callback):
             except Exception as err:  # the sweep is ending: nothing waits for a slot any more
                 log.warning("could not give trial %s's training slot back: %s", trial.trial_id, err)
         if self.run_id:
-            from ray.util.placement_group import get_placement_group, remove_placement_group
-
             with contextlib.suppress(ValueError):  # none left: the trial gave its CPUs back itself
                 remove_placement_group(get_placement_group(cpu_hold_name(self.run_id, trial.trial_id)))
 
@@ -285,17 +284,12 @@ def _fit_in_driver(
     tasks and the next trial find them. Each report goes to Tune as Ray Train's callback would
     send it; the latest checkpoint is kept in ``out/checkpoint``, which a resumed sweep continues from.
     """
-    from ray.util.placement_group import placement_group, remove_placement_group
-
-    from deri_sweep.orchestration.node_staging import local_cache
-    from deri_sweep.orchestration.runtime import record_placement
+    # here, not at the top: Train controllers import this module too, and need none of the training stack
     from deri_sweep.train.in_process import fit_in_process
 
     if context.stage:
-        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, cache=local_cache(cfg.data.cache)))
+        cfg = staged(cfg)
     record_placement(context.run_dir, "train_worker", trial=name, rank=0)
-    runtime_context = ray.get_runtime_context()
-    scratch = Path(runtime_context.get_temp_dir()) / runtime_context.get_session_name()  # as the workers use
     cpus = space.trial.cpus_per_worker
     here = f"node:{ray.util.get_node_ip_address()}"  # the CPUs of this node, where the driver trains
     hold = placement_group(
@@ -306,7 +300,7 @@ def _fit_in_driver(
         fit_at = time.time()
         metrics = fit_in_process(
             cfg, out / "checkpoint", lambda m: tune.report({"objective": math.nan, **m}),
-            max_failures=space.trial.max_failures, cpus=cpus, scratch=scratch if scratch.is_dir() else None,
+            max_failures=space.trial.max_failures, cpus=cpus, scratch=scratch_dir(),
         )  # fmt: skip
         fit_end = time.time()
     finally:

@@ -10,7 +10,7 @@ is called, keeps the latest epoch's checkpoint in one folder, and, like Ray Trai
 
 A world of one needs no process group: DeriLoss gathers nothing and DDP over one rank averages
 each gradient over one, so the run takes the same steps as a one-worker TorchTrainer
-(``tests/test_in_process.py`` checks the weights bit for bit).
+(``tests/test_pretraining.py`` checks the weights bit for bit).
 """
 
 from __future__ import annotations
