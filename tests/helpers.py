@@ -38,13 +38,27 @@ def start_ablate(args: list[str], cwd: Path, log: Path) -> subprocess.Popen:
         return subprocess.Popen(ablate_command(args), cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=env)
 
 
-def wait_for(probe: Callable[[], T], what: str, timeout: float = 600, every: float = 0.25) -> T:
-    """Poll ``probe`` until it returns something truthy; fail the test after ``timeout`` seconds."""
+def wait_for(
+    probe: Callable[[], T],
+    what: str,
+    timeout: float = 600,
+    every: float = 0.25,
+    driver: subprocess.Popen | None = None,
+    log: Path | None = None,
+) -> T:
+    """Poll ``probe`` until it returns something truthy; fail the test after ``timeout`` seconds.
+
+    With ``driver`` (a :func:`start_ablate` process), fail at once if it exits first, with the tail
+    of its ``log``: a CLI that stopped on an error (a full disk, a bad flag) is not waited on.
+    """
     deadline = time.time() + timeout
     while time.time() < deadline:
         value = probe()
         if value:
             return value
+        if driver is not None and driver.poll() is not None:
+            tail = log.read_text()[-3000:] if log is not None and log.exists() else ""
+            raise AssertionError(f"the driver exited ({driver.returncode}) before {what}:\n{tail}")
         time.sleep(every)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 

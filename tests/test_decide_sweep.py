@@ -54,9 +54,10 @@ def test_a_decide_sweep_stops_what_is_decided_and_resumes_after_a_driver_kill(sh
     plan = run_ablate([*args, "--dry-run"], tmp_path)
     assert plan.returncode == 0 and "first round (2 seeds)" in plan.stdout and "9 trials at most" in plan.stdout
 
-    driver = start_ablate(args, tmp_path, tmp_path / "first.log")
+    log = tmp_path / "first.log"
+    driver = start_ablate(args, tmp_path, log)
     try:
-        wait_for(lambda: (run_dir / DECISIONS_FILE).exists(), "the first reading", timeout=900)
+        wait_for(lambda: (run_dir / DECISIONS_FILE).exists(), "the first reading", timeout=900, driver=driver, log=log)
     finally:
         driver.kill()  # SIGKILL: no clean-up runs
         driver.wait()

@@ -153,7 +153,7 @@ def test_node_death_resumes_and_a_corrupt_checkpoint_fails_only_its_trial(cluste
     driver = start_ablate(_args(space, run_dir, cluster, short_caches), tmp_path, log)
     try:  # Cluster changes its nodes from the main thread only: the sweep runs in the background
         first = wait_for(lambda: [t for t in train.glob("trial_*") if _checkpoints(t)],
-                         "the first trial's first checkpoint")[0]  # fmt: skip
+                         "the first trial's first checkpoint", driver=driver, log=log)[0]  # fmt: skip
         _replace_node(cluster, wait_for(lambda: _node_running(cluster, "actor", "RayTrainWorker"), "a Train worker"))
         for state in first.glob("checkpoint_*/state.pt"):  # the restarted group finds them all corrupt
             state.write_bytes(state.read_bytes()[:1000])
@@ -205,10 +205,12 @@ def test_asha_and_optuna_prune_and_a_killed_driver_resumes_without_redoing_anyth
     space, run_dir = tmp_path / "asha_optuna.yaml", tmp_path / "run"
     space.write_text(ASHA_OPTUNA_SPACE)
     args = _args(space, run_dir, cluster, short_caches)
-    driver = start_ablate(args, tmp_path, tmp_path / "first.log")
+    log = tmp_path / "first.log"
+    driver = start_ablate(args, tmp_path, log)
     try:
         # the first trial finished with its probes, the second was pruned at its first rung ...
-        first = wait_for(lambda: list((run_dir / "trials").glob("*/probes.parquet")), "the first trial's probes")[0]
+        probed = lambda: list((run_dir / "trials").glob("*/probes.parquet"))  # noqa: E731
+        first = wait_for(probed, "the first trial's probes", driver=driver, log=log)[0]
         wait_for(lambda: (run_dir / "stopped_trials.txt").exists(), "ASHA to stop a trial")
         wait_for(lambda: "PRUNED" in _study_states(run_dir).values(), "Optuna to see the pruned trial")
         # ... and the third has two checkpoints: a restart from scratch would show

@@ -67,6 +67,34 @@ def test_token_count_helpers() -> None:
     assert token_count(SHORT, 3) == 21
 
 
+def resnet_parameters(width: int, leads: int = 12) -> int:
+    """ResNet18-1D's parameters by hand: k7 stem + BN, then per BasicBlock two k3 conv-BN layers and, where the
+    width or stride changes, a 1x1 conv-BN shortcut (no conv biases; a BN has a weight and a bias per channel)."""
+    total, c_in = leads * width * 7 + 2 * width, width
+    for c_out in (width, 2 * width, 4 * width, 8 * width):
+        for _ in range(2):
+            total += c_in * c_out * 3 + 2 * c_out + c_out * c_out * 3 + 2 * c_out
+            total += c_in * c_out + 2 * c_out if c_in != c_out else 0
+            c_in = c_out
+    return total
+
+
+def test_ecg_width_narrows_every_stage_and_the_token_head_reads_8w_channels() -> None:
+    """``ecg.width`` (the laptop default's 32) halves each stage; the reference 64 is unchanged."""
+    assert resnet_parameters(64) == 3_848_832  # the reference count of the test below
+    ecg = torch.randn(2, 12, SHORT)
+    torch.manual_seed(0)
+    narrow = DERI(apply_overrides(short_cfg(), ["ecg.width=32"]), text_hidden_size=384)
+    assert narrow.num_parameters()["ecg.resnet"] == resnet_parameters(32) == 965_952
+    assert narrow.ecg.resnet(ecg).shape == (2, 256, backbone_length(SHORT))
+    assert narrow.ecg.token_head.conv.in_channels == 256
+    assert narrow.encode_ecg(ecg, "resnet").shape == (2, 256)
+    assert narrow.encode_ecg(ecg, "mix").shape == (2, 256)  # the token width d is not ecg.width
+    assert ResNet1D18(12, 16)(ecg).shape == (2, 128, backbone_length(SHORT))
+    with pytest.raises(ConfigError, match="ecg.width=2"):
+        apply_overrides(short_cfg(), ["ecg.width=2"])
+
+
 #: One attention-pool output projection Linear(256, 256): 256 * 256 + 256.
 POOL_PROJECTION = 65_792
 

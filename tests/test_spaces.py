@@ -179,6 +179,9 @@ def test_dry_run_resolves_every_trial_with_a_probe_feature_its_model_has(path, c
     towers = {t["text_tower"] for t in plan["trials"]}
     # the cluster spaces train on the paper's tower; only the laptop default uses the embedded MiniLM
     assert towers == ({"embedded"} if space.trial.gpus_per_worker == 0 else {"ncbi/MedCPT-Query-Encoder"})
+    # and the reference ResNet18-1D: only the laptop default narrows it (half width, issue 29)
+    widths = {t["config"]["model"]["ecg"]["width"] for t in plan["trials"]}
+    assert widths == ({32} if space.trial.gpus_per_worker == 0 else {64}), path.stem
     assert plan["warnings"] == []
 
 

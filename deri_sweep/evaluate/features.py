@@ -131,7 +131,7 @@ def extract_features(
     Args:
         model: a DERI (features-only or with a tower).
         cache: the downstream cache; its signal length must equal ``model.cfg.ecg.num_samples``.
-        feature: ``"mix"`` (m_e, d), ``"aligned"`` (z_e, d) or ``"resnet"`` (mean-pooled F, 512).
+        feature: ``"mix"`` (m_e, d), ``"aligned"`` (z_e, d) or ``"resnet"`` (mean-pooled F, 8 * ecg.width).
         batch_size: records per forward.
         device: where to run the encoder (the model is moved there).
         norm: signal normalisation; must be the one used in pretraining (``data.norm``).
@@ -163,7 +163,7 @@ def extract_features(
     finally:
         model.train(was_training)
     if not out:
-        return np.zeros((0, 512 if feature == "resnet" else model.cfg.token.dim), dtype=np.float32)
+        return np.zeros((0, 8 * model.cfg.ecg.width if feature == "resnet" else model.cfg.token.dim), dtype=np.float32)
     return np.concatenate(out).astype(np.float32, copy=False)
 
 

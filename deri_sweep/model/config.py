@@ -32,20 +32,25 @@ def _check(ok: bool, message: str) -> None:
 
 @dataclass
 class ECGConfig:
-    """ECG encoder: ResNet18-1D with fixed widths 64/128/256/512 (spec section 2).
+    """ECG encoder: ResNet18-1D, stage widths w/2w/4w/8w (64/128/256/512 in the reference, spec section 2).
 
     Attributes:
         in_leads: input channels (12-lead ECG).
         num_samples: signal length the positional embeddings are sized for
             (5000 = 10 s at 500 Hz gives T = 105 tokens); tests use shorter signals.
+        width: channels of the stem and first stage, w (64, the reference). Each later stage
+            doubles it, so F has 8w channels. A laptop preset may narrow it: 32 costs about a
+            quarter of the convolutions' FLOPs.
     """
 
     in_leads: int = 12
     num_samples: int = 5000
+    width: int = 64
 
     def __post_init__(self) -> None:
         _check(self.in_leads >= 1, f"ecg.in_leads={self.in_leads} must be >= 1")
         _check(self.num_samples >= 16, f"ecg.num_samples={self.num_samples} must be >= 16 (5000 for 10 s at 500 Hz)")
+        _check(self.width >= 4, f"ecg.width={self.width} must be >= 4 (64, the reference ResNet18-1D)")
 
 
 @dataclass

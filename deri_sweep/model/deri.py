@@ -137,13 +137,13 @@ class DERI(nn.Module):
             feature: ``"mix"`` the model's final ECG representation: m_e = z_e + proj_t(d_t)
                 (B, d), which is z_e when decode_t or fusion is off (spec section 4: a part
                 that is off drops its term from the sum; see :meth:`ModelConfig.representation`);
-                ``"aligned"`` z_e (B, d); ``"resnet"`` mean-pooled F (B, 512);
+                ``"aligned"`` z_e (B, d); ``"resnet"`` mean-pooled F (B, 8 * ecg.width);
                 ``"tokens"`` E (B, T, d). Default ``cfg.probe.feature``.
         """
         feature = feature or self.cfg.probe.feature
-        feats, _, e = self.ecg(ecg)  # (B, 512, L), _, (B, T, d)
+        feats, _, e = self.ecg(ecg)  # (B, 8 * width, L), _, (B, T, d)
         if feature == "resnet":
-            return feats.mean(dim=-1)  # (B, 512)
+            return feats.mean(dim=-1)  # (B, 8 * width)
         if feature == "tokens":
             return e  # (B, T, d)
         e_hat = F.normalize(e, dim=-1)  # (B, T, d)

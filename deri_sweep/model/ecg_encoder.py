@@ -13,9 +13,14 @@ from torch import Tensor, nn
 
 from deri_sweep.model.config import ECGConfig, Init, TokenConfig
 
-#: Stage widths and strides of ResNet18-1D (two BasicBlocks per stage).
+#: Stage widths of the reference ResNet18-1D (two BasicBlocks per stage); ``ecg.width`` scales them.
 WIDTHS: tuple[int, ...] = (64, 128, 256, 512)
 STRIDES: tuple[int, ...] = (1, 2, 2, 2)
+
+
+def stage_widths(width: int) -> tuple[int, ...]:
+    """Stage widths for a stem width ``width`` (64 -> 64/128/256/512, the reference)."""
+    return tuple(width * w // WIDTHS[0] for w in WIDTHS)
 
 
 def _conv_len(length: int, kernel: int, stride: int, padding: int) -> int:
@@ -56,24 +61,32 @@ class BasicBlock1D(nn.Module):
 
 
 class ResNet1D18(nn.Module):
-    """Randomly initialised ResNet18-1D: stem k7/s2 (no max-pool), 4 stages x 2 BasicBlocks (~3.85 M params)."""
+    """Randomly initialised ResNet18-1D: stem k7/s2 (no max-pool), 4 stages x 2 BasicBlocks.
 
-    def __init__(self, in_leads: int = 12) -> None:
+    ~3.85 M parameters at the reference width 64, about a quarter of that at 32.
+
+    Args:
+        in_leads: input channels.
+        width: channels of the stem and first stage (64, the reference); F has ``8 * width``.
+    """
+
+    def __init__(self, in_leads: int = 12, width: int = 64) -> None:
         super().__init__()
+        widths = stage_widths(width)
         self.stem = nn.Sequential(
-            nn.Conv1d(in_leads, WIDTHS[0], 7, stride=2, padding=3, bias=False),
-            nn.BatchNorm1d(WIDTHS[0]),
+            nn.Conv1d(in_leads, widths[0], 7, stride=2, padding=3, bias=False),
+            nn.BatchNorm1d(widths[0]),
             nn.ReLU(inplace=True),
         )
-        stages, c_in = [], WIDTHS[0]
-        for width, stride in zip(WIDTHS, STRIDES, strict=True):
-            stages.append(nn.Sequential(BasicBlock1D(c_in, width, stride), BasicBlock1D(width, width, 1)))
-            c_in = width
+        stages, c_in = [], widths[0]
+        for c_out, stride in zip(widths, STRIDES, strict=True):
+            stages.append(nn.Sequential(BasicBlock1D(c_in, c_out, stride), BasicBlock1D(c_out, c_out, 1)))
+            c_in = c_out
         self.stages = nn.Sequential(*stages)
-        self.out_channels = WIDTHS[-1]
+        self.out_channels = widths[-1]
 
     def forward(self, x: Tensor) -> Tensor:
-        """(B, leads, 5000) -> F (B, 512, 313)."""
+        """(B, leads, 5000) -> F (B, 8 * width, 313); (B, 512, 313) at the reference width."""
         return self.stages(self.stem(x))
 
 
@@ -119,7 +132,7 @@ class AttentionPool(nn.Module):
 
 
 class TokenHead(nn.Module):
-    """Strided 1x1 conv (512 -> d) and the 4-head attention-pool block.
+    """Strided 1x1 conv (8w -> d, 512 -> d at the reference width) and the 4-head attention-pool block.
 
     0.42 M parameters at the reference size (0.49 M with ``token.pool_projection``,
     the figure of spec section 10, which counts the reference's unused ``c_proj``).
@@ -148,7 +161,7 @@ class ECGEncoder(nn.Module):
         super().__init__()
         self.num_samples = ecg.num_samples
         self.n_tokens = token_count(ecg.num_samples, token.stride)
-        self.resnet = ResNet1D18(ecg.in_leads)
+        self.resnet = ResNet1D18(ecg.in_leads, ecg.width)
         self.token_head = TokenHead(self.resnet.out_channels, token, self.n_tokens)
 
     def forward(self, ecg: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -158,13 +171,13 @@ class ECGEncoder(nn.Module):
             ecg: (B, leads, num_samples).
 
         Returns:
-            F (B, 512, L), D (B, T, d) and E (B, T, d).
+            F (B, 8 * width, L), D (B, T, d) and E (B, T, d).
         """
         if ecg.shape[-1] != self.num_samples:
             raise ValueError(
                 f"ECG has {ecg.shape[-1]} samples; the model is built for ecg.num_samples={self.num_samples}"
             )
-        feats = self.resnet(ecg)  # (B, 512, L)
+        feats = self.resnet(ecg)  # (B, 8 * width, L)
         d, e = self.token_head(feats)  # (B, T, d) each
         return feats, d, e
 

@@ -363,7 +363,8 @@ def describe(space: SearchSpace, records: list[TrialRecord]) -> str:
             f"  {r.variant:<24s} seed {r.seed:<4d} text {m.text.name}  decoder {r.joint_decoder}  probe "
             f"{plan.feature}->{r.probe_feature}  {space.trial.workers} worker(s) x "
             f"{space.trial.gpus_per_worker:g} GPU / {space.trial.cpus_per_worker:g} CPU  "
-            f"signal {m.ecg.num_samples}  {r.config.optim.epochs} epoch(s) x batch {r.config.optim.batch_size}  "
+            f"signal {m.ecg.num_samples}  ResNet width {m.ecg.width}  "
+            f"{r.config.optim.epochs} epoch(s) x batch {r.config.optim.batch_size}  "
             f"GPU memory ~{estimate_gpu_memory(r.config)['estimate_gb']:.1f} GB/worker"
         )
     lines.append(
