@@ -163,7 +163,8 @@ def extract_features(
     finally:
         model.train(was_training)
     if not out:
-        return np.zeros((0, 8 * model.cfg.ecg.width if feature == "resnet" else model.cfg.token.dim), dtype=np.float32)
+        width = model.ecg.resnet.out_channels if feature == "resnet" else model.cfg.token.dim
+        return np.zeros((0, width), dtype=np.float32)
     return np.concatenate(out).astype(np.float32, copy=False)
 
 
